@@ -6,6 +6,7 @@
     with bn_update_once(model):               # BN running stats: count this step once
         loss_fn(model(x), y).backward()
     opt.second_step(zero_grad=True)           # w <- saved w, then base step with grad at w + eps
+                                              # (opt.step() without a closure does the same)
 
 Choices, stated because popular implementations differ:
 - eps = rho * sign(g) |g|^(q-1) / (||g||_q^q)^(1/p), 1/p + 1/q = 1: the exact maximizer of the
@@ -117,24 +118,25 @@ class SAM(torch.optim.Optimizer):
                 if saved is not None:
                     param.copy_(saved)
 
-    @torch.no_grad()
     def second_step(self, zero_grad=False):
         """Restore w, then take the base optimizer's step with the gradient taken at w + eps."""
-        self.restore()
-        self.base_optimizer.step()
+        self.step()  # through `step`, so LR schedulers and GradScaler see the optimizer step
         if zero_grad:
             self.zero_grad()
 
     def step(self, closure=None):
-        """Both passes. `closure` must zero the grads, run forward and backward, and return the loss."""
-        if closure is None:
-            raise RuntimeError("SAM.step needs a closure; or call first_step and second_step")
-        closure = torch.enable_grad()(closure)
-        loss = closure()
-        self.first_step(zero_grad=True)
-        closure()
-        self.second_step()
-        return loss
+        """With a closure: both passes (the closure zeroes grads, runs forward and backward, and
+        returns the loss). Without one: the second half only, i.e. `second_step`; this is what
+        `GradScaler.step(opt)` calls (restore is idempotent, so the loop may `restore()` first
+        when the scaler could skip the step)."""
+        if closure is not None:
+            closure = torch.enable_grad()(closure)
+            loss = closure()
+            self.first_step(zero_grad=True)
+            closure()
+        self.restore()
+        self.base_optimizer.step()
+        return loss if closure is not None else None
 
     def state_dict(self):
         # The base optimizer owns all persistent state (momenta); SAM's own state is transient.

@@ -1,0 +1,125 @@
+"""Algorithmic datasets `a op b mod p` (Power et al. 2022) and the token-pair models that learn them.
+
+    pairs, labels = make_pairs("x/y", 97)        # every (a, b), b != 0 for division
+    train_idx, test_idx = split(len(labels), 0.5, seed=0)
+    model = EmbedMLP(97, width=256, depth=2)     # or Transformer(97, depth=2, d_model=128, heads=4)
+    logits = model(pairs[train_idx])             # (n, p): the class is the answer c
+
+Both models take a batch of (a, b) token pairs. The transformer reads the sequence [a, b, =] and
+predicts from the last position, which carries the same information as Power's
+"a <op> b = c" with one fixed operation.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _inverse_table(p: int) -> torch.Tensor:
+    """inv[b] = b^-1 mod p (Fermat), inv[0] = 0 (never used: division excludes b = 0)."""
+    return torch.tensor([pow(b, p - 2, p) if b else 0 for b in range(p)])
+
+
+OPERATIONS = {
+    "x+y": lambda a, b, p: a + b,
+    "x-y": lambda a, b, p: a - b,
+    "x*y": lambda a, b, p: a * b,
+    "x/y": lambda a, b, p: a * _inverse_table(p)[b],
+    "x^2+y^2": lambda a, b, p: a**2 + b**2,
+    "x^2+xy+y^2": lambda a, b, p: a**2 + a * b + b**2,
+    "x^2+xy+y^2+x": lambda a, b, p: a**2 + a * b + b**2 + a,
+    "x^3+xy": lambda a, b, p: a**3 + a * b,
+    "x^3+xy^2+y": lambda a, b, p: a**3 + a * b**2 + b,
+}
+
+
+def is_prime(n: int) -> bool:
+    return n >= 2 and all(n % d for d in range(2, math.isqrt(n) + 1))
+
+
+def make_pairs(operation: str, p: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """All pairs (a, b) in Z_p x Z_p (b != 0 for x/y) as an (n, 2) int64 tensor, and their labels."""
+    if operation not in OPERATIONS:
+        raise ValueError(f"unknown operation {operation!r}; allowed: {', '.join(OPERATIONS)}")
+    if operation == "x/y" and not is_prime(p):
+        raise ValueError(f"x/y needs a prime modulus (every b != 0 invertible); got {p}")
+    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
+    if operation == "x/y":
+        a, b = a[b != 0], b[b != 0]
+    # int64 holds p^3 + p^3 + p for any p below ~1e6, so reducing once at the end is exact.
+    labels = OPERATIONS[operation](a, b, p) % p
+    return torch.stack([a, b], 1), labels
+
+
+def split(n: int, train_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded random split of range(n): round(train_fraction * n) train indices (at least one
+    on each side), the rest test."""
+    n_train = min(max(round(train_fraction * n), 1), n - 1)
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return order[:n_train], order[n_train:]
+
+
+class EmbedMLP(nn.Module):
+    """Shared token embedding of a and b, concatenated, then `depth` ReLU layers of `width`."""
+
+    def __init__(self, p: int, width: int = 256, depth: int = 2, embed_dim: int = 32):
+        super().__init__()
+        self.embed = nn.Embedding(p, embed_dim)
+        layers, d_in = [], 2 * embed_dim
+        for _ in range(depth):
+            layers += [nn.Linear(d_in, width), nn.ReLU()]
+            d_in = width
+        self.mlp = nn.Sequential(*layers, nn.Linear(d_in, p))
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        return self.mlp(self.embed(pairs).flatten(1))
+
+
+class Block(nn.Module):
+    """Causal self-attention and a 4x ReLU MLP, each added to the residual stream.
+
+    With layer_norm, LayerNorm follows each residual add (post-LN, as in Power et al.'s code);
+    without it the block is Nanda et al.'s.
+    """
+
+    def __init__(self, d_model: int, heads: int, layer_norm: bool):
+        super().__init__()
+        self.heads = heads
+        self.qkv = nn.Linear(d_model, 3 * d_model)
+        self.proj = nn.Linear(d_model, d_model)
+        self.mlp = nn.Sequential(
+            nn.Linear(d_model, 4 * d_model), nn.ReLU(), nn.Linear(4 * d_model, d_model)
+        )
+        self.norm1 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+        self.norm2 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, d = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        x = self.norm1(x + self.proj(att.transpose(1, 2).reshape(n, t, d)))
+        return self.norm2(x + self.mlp(x))
+
+
+class Transformer(nn.Module):
+    """Decoder-only transformer over [a, b, =] with learned positions; logits from the last token."""
+
+    def __init__(self, p: int, depth: int = 2, d_model: int = 128, heads: int = 4,
+                 layer_norm: bool = True):
+        super().__init__()
+        if d_model % heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by heads ({heads})")
+        self.p = p
+        self.embed = nn.Embedding(p + 1, d_model)  # token p is "="
+        self.pos = nn.Parameter(torch.randn(3, d_model) * 0.02)
+        self.blocks = nn.Sequential(*(Block(d_model, heads, layer_norm) for _ in range(depth)))
+        self.unembed = nn.Linear(d_model, p)
+
+    def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        equals = torch.full_like(pairs[:, :1], self.p)
+        x = self.embed(torch.cat([pairs, equals], 1)) + self.pos
+        return self.unembed(self.blocks(x)[:, -1])

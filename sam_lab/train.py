@@ -1,0 +1,222 @@
+"""The classification trial: one loop in which width, data size, rho and duration are config.
+
+    for row in classify({"dataset": "digits", "model": "mlp", "width": 128, "epochs": 20}):
+        print(row)            # step, epoch, train_loss, train_acc, test_loss, test_acc, lr
+
+The pieces (`setup`, `make_optimizer`, `train_epoch`, `evaluate`) are public so that other
+trials (mode connectivity) train endpoints with exactly this loop.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from sam_lab import data as datasets
+from sam_lab import models
+from sam_lab.config import ConfigError, field, parse
+from sam_lab.optim import SAM, bn_update_once
+
+IMAGE_DATASETS = ("digits", "cifar10")
+SEQUENCE_DATASETS = ("mnist1d",)
+
+
+@dataclass
+class ClassifyConfig:
+    # data
+    dataset: str = field(default="mnist1d", metadata=dict(choices=tuple(datasets.TRAIN_POOL)))
+    n_train: int = field(default=0, metadata=dict(ge=0))  # 0 = the whole training pool
+    n_test: int = field(default=0, metadata=dict(ge=0))  # 0 = the whole test set
+    label_noise: float = field(default=0.0, metadata=dict(ge=0.0, lt=1.0))
+    data_dir: str = "data"
+    download: bool = False
+    data_seed: int = field(default=42, metadata=dict(ge=0))
+    dim: int = field(default=20, metadata=dict(ge=1))  # gaussian only
+    # model
+    model: str = field(default="mlp", metadata=dict(choices=tuple(models.MODELS)))
+    width: int = field(default=64, metadata=dict(ge=1))
+    depth: int = field(default=2, metadata=dict(ge=1))  # mlp only
+    # optimisation
+    optimizer: str = field(default="sgd", metadata=dict(choices=("sgd", "adam", "adamw")))
+    lr: float = field(default=0.01, metadata=dict(gt=0.0))
+    momentum: float = field(default=0.9, metadata=dict(ge=0.0, lt=1.0))
+    weight_decay: float = field(default=0.0, metadata=dict(ge=0.0))
+    schedule: str = field(default="constant", metadata=dict(choices=("constant", "cosine", "step")))
+    batch_size: int = field(default=100, metadata=dict(ge=0))  # 0 = full batch
+    epochs: int = field(default=10, metadata=dict(ge=1))
+    grad_clip: float = field(default=0.0, metadata=dict(ge=0.0))  # 0 = off
+    # SAM
+    rho: float = field(default=0.0, metadata=dict(ge=0.0))  # 0 = SAM off
+    sam_p: float = field(default=2.0, metadata=dict(ge=1.0))
+    adaptive: bool = False
+    # bookkeeping
+    eval_every: int = field(default=1, metadata=dict(ge=1))  # epochs
+    measure_sharpness: bool = False
+    seed: int = field(default=0, metadata=dict(ge=0))
+    device: str = field(default="auto", metadata=dict(choices=("auto", "cpu", "cuda")))
+    amp: str = field(default="off", metadata=dict(choices=("off", "bf16")))
+    threads: int = field(default=0, metadata=dict(ge=0))  # 0 = torch's default
+
+    def check(self):
+        pool = datasets.TRAIN_POOL[self.dataset]
+        if self.n_train > pool:
+            raise ConfigError("n_train", f"got {self.n_train}; {self.dataset} has {pool}")
+        if self.n_test > datasets.TEST_POOL[self.dataset]:
+            raise ConfigError("n_test", f"got {self.n_test}; {self.dataset} has "
+                                        f"{datasets.TEST_POOL[self.dataset]}")
+        if self.model == "resnet18k" and self.dataset not in IMAGE_DATASETS:
+            raise ConfigError("model", f"resnet18k needs images ({', '.join(IMAGE_DATASETS)}), "
+                                       f"not {self.dataset}")
+        if self.model == "cnn5" and self.dataset not in IMAGE_DATASETS + SEQUENCE_DATASETS:
+            raise ConfigError("model", f"cnn5 needs images or sequences, not {self.dataset}")
+        if self.dataset == "cifar10" and not self.download:
+            from pathlib import Path
+
+            root = Path(self.data_dir) / datasets.CIFAR_DIR
+            if not root.is_dir():
+                raise ConfigError("data_dir", f"{root} not found; point data_dir at the folder "
+                                              "holding cifar-10-batches-py, or set download: true")
+        if self.device == "cuda" and not torch.cuda.is_available():
+            raise ConfigError("device", "cuda requested but torch sees no GPU; allowed: auto, cpu")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def setup(cfg: ClassifyConfig, seed: int | None = None):
+    """Seed, size torch's thread pool, load the data and build the model. Returns (data, model)."""
+    seed = cfg.seed if seed is None else seed
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = resolve_device(cfg.device)
+    data = datasets.load(cfg.dataset, n_train=cfg.n_train, n_test=cfg.n_test,
+                         label_noise=cfg.label_noise, seed=seed, data_seed=cfg.data_seed,
+                         data_dir=cfg.data_dir, download=cfg.download, dim=cfg.dim, device=device)
+    torch.manual_seed(seed)
+    model = models.build(cfg.model, data.input_shape, data.n_classes, cfg.width, cfg.depth)
+    return data, model.to(device)
+
+
+def make_optimizer(cfg: ClassifyConfig, params, lr=None, weight_decay=None):
+    """The base optimizer, wrapped in SAM when rho > 0."""
+    lr = cfg.lr if lr is None else lr
+    weight_decay = cfg.weight_decay if weight_decay is None else weight_decay
+    if cfg.optimizer == "sgd":
+        base, kw = torch.optim.SGD, dict(lr=lr, momentum=cfg.momentum, weight_decay=weight_decay)
+    elif cfg.optimizer == "adam":
+        base, kw = torch.optim.Adam, dict(lr=lr, weight_decay=weight_decay)
+    else:
+        base, kw = torch.optim.AdamW, dict(lr=lr, weight_decay=weight_decay)
+    if cfg.rho > 0:
+        return SAM(params, base, rho=cfg.rho, p=cfg.sam_p, adaptive=cfg.adaptive, **kw)
+    return base(params, **kw)
+
+
+def make_scheduler(cfg: ClassifyConfig, opt, total_steps: int):
+    """Per-step LR multiplier. SAM shares param_groups with its base, so it takes the SAM object."""
+    if cfg.schedule == "cosine":
+        factor = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))  # noqa: E731
+    elif cfg.schedule == "step":
+        factor = lambda s: 0.1 ** ((s >= total_steps // 2) + (s >= 3 * total_steps // 4))  # noqa: E731
+    else:
+        factor = lambda s: 1.0  # noqa: E731
+    return torch.optim.lr_scheduler.LambdaLR(opt, factor)
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    return 1 if batch_size == 0 else math.ceil(n / batch_size)
+
+
+def train_epoch(model, opt, x, y, batch_size, generator, scheduler=None, grad_clip=0.0,
+                amp=False, loss_fn=F.cross_entropy):
+    """One pass over (x, y) in seeded random minibatches. Returns the summed loss (a tensor,
+    so no host sync per step) and the number of steps taken."""
+    model.train()
+    n = len(y)
+    order = torch.randperm(n, generator=generator).to(x.device)
+    bs = n if batch_size == 0 else batch_size
+    is_sam = isinstance(opt, SAM)
+    total = torch.zeros((), device=x.device)
+    steps = 0
+    for i in range(0, n, bs):
+        idx = order[i:i + bs]
+        xb, yb = x[idx], y[idx]
+        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+            loss = loss_fn(model(xb), yb)
+        loss.backward()
+        if is_sam:
+            opt.first_step(zero_grad=True)
+            with bn_update_once(model), torch.autocast(x.device.type, dtype=torch.bfloat16,
+                                                       enabled=amp):
+                loss_fn(model(xb), yb).backward()
+        if grad_clip > 0:  # on the gradient that is applied: SAM's second pass
+            torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        opt.step()  # for SAM: restore w, then the base step with the grad at w + eps
+        opt.zero_grad(set_to_none=True)
+        if scheduler is not None:
+            scheduler.step()
+        total += loss.detach().float()
+        steps += 1
+    return total, steps
+
+
+@torch.no_grad()
+def evaluate(model, x, y, batch_size=2048, loss_fn=F.cross_entropy):
+    """(mean loss, accuracy) in eval mode; the model's mode is restored."""
+    was_training = model.training
+    model.eval()
+    loss_sum, correct = 0.0, 0
+    for i in range(0, len(y), batch_size):
+        out = model(x[i:i + batch_size]).float()
+        loss_sum += loss_fn(out, y[i:i + batch_size], reduction="sum").item()
+        correct += (out.argmax(1) == y[i:i + batch_size]).sum().item()
+    model.train(was_training)
+    return loss_sum / len(y), correct / len(y)
+
+
+def metrics(model, data, step, epoch, lr):
+    train_loss, train_acc = evaluate(model, data.x_train, data.y_train)
+    test_loss, test_acc = evaluate(model, data.x_test, data.y_test)
+    return dict(step=step, epoch=epoch, train_loss=train_loss, train_acc=train_acc,
+                test_loss=test_loss, test_acc=test_acc, lr=lr)
+
+
+def classify(config: dict):
+    """Train a classifier; yield metrics at epoch 0 and every `eval_every` epochs (and the last)."""
+    cfg = parse(ClassifyConfig, config)
+    start = time.perf_counter()
+    data, model = setup(cfg)
+    opt = make_optimizer(cfg, model.parameters())
+    per_epoch = steps_per_epoch(len(data.y_train), cfg.batch_size)
+    scheduler = make_scheduler(cfg, opt, per_epoch * cfg.epochs)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    yield metrics(model, data, step, 0, opt.param_groups[0]["lr"])
+    for epoch in range(1, cfg.epochs + 1):
+        loss_sum, steps = train_epoch(model, opt, data.x_train, data.y_train, cfg.batch_size,
+                                      generator, scheduler, cfg.grad_clip, cfg.amp == "bf16")
+        step += steps
+        if not torch.isfinite(loss_sum):  # one host sync per epoch
+            raise FloatingPointError(f"train loss is {loss_sum.item()} in epoch {epoch} "
+                                     f"(step {step}); lower lr or rho")
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            yield metrics(model, data, step, epoch, opt.param_groups[0]["lr"])
+    summary = dict(n_params=models.count_params(model), train_s=time.perf_counter() - start)
+    if cfg.measure_sharpness:
+        summary.update(measure_sharpness(cfg, model, data))
+    return summary
+
+
+def measure_sharpness(cfg, model, data):
+    from sam_lab import sharpness
+
+    n = min(1000, len(data.y_train))  # a fixed subset: the first n training points
+    return sharpness.measure(model, F.cross_entropy, data.x_train[:n], data.y_train[:n],
+                             rho=cfg.rho or 0.05, p=cfg.sam_p)

@@ -1,0 +1,204 @@
+"""Grokking trial: learn `a op b mod p` from a fraction of all pairs, and watch when test catches up.
+
+    from sam_lab.trials import grokking
+    for row in grokking.run({"train_fraction": 0.4, "steps": 20000}):
+        print(row["step"], row["train_acc"], row["test_acc"])
+
+Training is AdamW (betas 0.9, 0.98) with a linear warmup over `warmup_steps` and a constant lr
+after it, full batch (`batch_size: 0`) or shuffled minibatches, and SAM around AdamW when rho > 0.
+`init_scale` multiplies every initial parameter (Omnigrok's alpha). A step is one optimizer update.
+
+Evaluation runs on every pair (no grad) at `eval_points` log-spaced steps, deduplicated to
+integers, last step included. So `step_train_99` / `step_test_99` (the first evaluated step with
+train / test accuracy >= `threshold`) are exact to within one eval interval, about
+steps^(1/eval_points) - 1 relative (4.7% for 1e4 steps and 200 points).
+
+Phase (after Liu et al. 2022, "Towards understanding grokking", with `threshold` for both
+accuracies, 0.99 by default where Liu et al. used 0.9, and a delay cut of GROK_DELAY = 1000 steps):
+  comprehension  train and test reach the threshold, test less than 1000 steps after train
+  grokking       train and test reach it, test at least 1000 steps after train
+  memorization   train reaches it, test never does
+  confusion      train never does
+`early_stop: k > 0` stops once test (and train) accuracy has stayed >= threshold for k steps
+between evaluations; that affects no per-trial number above, only the run time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from sam_lab.algorithmic import OPERATIONS, EmbedMLP, Transformer, is_prime, make_pairs, split
+from sam_lab.config import ConfigError, field, parse
+from sam_lab.optim import SAM
+
+GROK_DELAY = 1000
+
+
+@dataclasses.dataclass
+class Config:
+    operation: str = field(default="x+y", metadata=dict(choices=tuple(OPERATIONS)))
+    modulus: int = field(default=97, metadata=dict(ge=2))
+    train_fraction: float = field(default=0.4, metadata=dict(gt=0.0, lt=1.0))
+    model: str = field(default="mlp", metadata=dict(choices=("mlp", "transformer")))
+    width: int = field(default=256, metadata=dict(ge=1))  # mlp hidden width
+    depth: int = field(default=2, metadata=dict(ge=1))  # mlp hidden layers / transformer blocks
+    embed_dim: int = field(default=32, metadata=dict(ge=1))  # mlp token embedding
+    d_model: int = field(default=128, metadata=dict(ge=1))  # transformer; d_mlp = 4 * d_model
+    heads: int = field(default=4, metadata=dict(ge=1))
+    layer_norm: bool = True  # transformer; False is Nanda et al.'s
+    lr: float = field(default=1e-3, metadata=dict(gt=0.0))
+    weight_decay: float = field(default=1.0, metadata=dict(ge=0.0))
+    warmup_steps: int = field(default=10, metadata=dict(ge=0))
+    batch_size: int = field(default=0, metadata=dict(ge=0))  # 0 = full batch
+    steps: int = field(default=20000, metadata=dict(ge=1))
+    rho: float = field(default=0.0, metadata=dict(ge=0.0))
+    sam_p: float = field(default=2.0, metadata=dict(ge=1.0))
+    init_scale: float = field(default=1.0, metadata=dict(gt=0.0))
+    threshold: float = field(default=0.99, metadata=dict(gt=0.0, le=1.0))
+    early_stop: int = field(default=0, metadata=dict(ge=0))  # 0 = run all steps
+    eval_points: int = field(default=200, metadata=dict(ge=1))
+    seed: int = 0
+    threads: int = field(default=1, metadata=dict(ge=1))
+    device: str = "cpu"
+
+    def check(self):
+        if self.operation == "x/y" and not is_prime(self.modulus):
+            raise ConfigError(
+                "modulus",
+                f"x/y needs a prime modulus so that every b != 0 has an inverse; got {self.modulus}",
+            )
+        if self.model == "transformer" and self.d_model % self.heads:
+            raise ConfigError("heads", f"must divide d_model ({self.d_model}); got {self.heads}")
+        try:
+            torch.device(self.device)
+        except RuntimeError as e:
+            raise ConfigError("device", str(e)) from None
+
+
+def eval_steps(steps: int, points: int) -> list[int]:
+    """About `points` log-spaced integer steps in [1, steps], always ending at `steps`."""
+    grid = np.unique(np.round(np.geomspace(1, steps, points)).astype(int))
+    return sorted({*grid.tolist(), steps})
+
+
+def phase(step_train: int | None, step_test: int | None) -> str:
+    if step_train is None:
+        return "confusion"
+    if step_test is None:
+        return "memorization"
+    return "grokking" if step_test - step_train >= GROK_DELAY else "comprehension"
+
+
+def build_model(cfg: Config) -> torch.nn.Module:
+    if cfg.model == "mlp":
+        model = EmbedMLP(cfg.modulus, cfg.width, cfg.depth, cfg.embed_dim)
+    else:
+        model = Transformer(cfg.modulus, cfg.depth, cfg.d_model, cfg.heads, cfg.layer_norm)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(cfg.init_scale)
+    return model
+
+
+@torch.no_grad()
+def evaluate(model, pairs, labels, is_train) -> dict:
+    """Loss and accuracy on the train and test pairs, from one forward over all of them."""
+    logits = model(pairs)
+    loss = F.cross_entropy(logits, labels, reduction="none")
+    correct = (logits.argmax(1) == labels).float()
+    weight_norm = torch.sqrt(sum(p.square().sum() for p in model.parameters()))
+    stats = torch.stack([
+        loss[is_train].mean(), correct[is_train].mean(),
+        loss[~is_train].mean(), correct[~is_train].mean(), weight_norm,
+    ]).tolist()  # one host sync per evaluation
+    return dict(zip(("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm"), stats))
+
+
+def run(config: dict):
+    cfg = parse(Config, config)
+    torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    torch.manual_seed(cfg.seed)
+
+    pairs, labels = make_pairs(cfg.operation, cfg.modulus)
+    train_idx, _ = split(len(labels), cfg.train_fraction, cfg.seed)
+    is_train = torch.zeros(len(labels), dtype=torch.bool)
+    is_train[train_idx] = True
+    pairs, labels, is_train = pairs.to(device), labels.to(device), is_train.to(device)
+    x_train, y_train = pairs[is_train], labels[is_train]
+    n_train = len(y_train)
+    batch = min(cfg.batch_size or n_train, n_train)
+
+    model = build_model(cfg).to(device)
+    adamw = dict(lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    if cfg.rho > 0:
+        opt = SAM(model.parameters(), torch.optim.AdamW, rho=cfg.rho, p=cfg.sam_p, **adamw)
+    else:
+        opt = torch.optim.AdamW(model.parameters(), **adamw)
+
+    batches_per_epoch = n_train // batch  # drop the ragged tail so every step sees `batch` pairs
+
+    def loss_on(xb, yb):
+        return F.cross_entropy(model(xb), yb)
+
+    evals = iter(eval_steps(cfg.steps, cfg.eval_points))
+    next_eval = next(evals)
+    step_train = step_test = held_since = None
+    row = {}
+    for step in range(1, cfg.steps + 1):
+        lr = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
+        for group in opt.param_groups:
+            group["lr"] = lr
+        if batch == n_train:
+            xb, yb = x_train, y_train
+        else:
+            k = (step - 1) % batches_per_epoch
+            if k == 0:
+                order = torch.randperm(n_train, device=device)
+            idx = order[k * batch:(k + 1) * batch]
+            xb, yb = x_train[idx], y_train[idx]
+
+        opt.zero_grad(set_to_none=True)
+        loss_on(xb, yb).backward()
+        if cfg.rho > 0:
+            opt.first_step(zero_grad=True)
+            loss_on(xb, yb).backward()
+            opt.second_step()
+        else:
+            opt.step()
+
+        if step != next_eval:
+            continue
+        next_eval = next(evals, None)
+        row = dict(step=step, epoch=step * batch / n_train, lr=lr,
+                   **evaluate(model, pairs, labels, is_train))
+        if not np.isfinite(row["train_loss"]):
+            raise FloatingPointError(
+                f"train loss is {row['train_loss']} at step {step} (lr={cfg.lr}, rho={cfg.rho}, "
+                f"init_scale={cfg.init_scale}); lower lr or init_scale"
+            )
+        if step_train is None and row["train_acc"] >= cfg.threshold:
+            step_train = step
+        if step_test is None and row["test_acc"] >= cfg.threshold:
+            step_test = step
+        yield row
+
+        above = min(row["train_acc"], row["test_acc"]) >= cfg.threshold
+        held_since = (held_since or step) if above else None
+        if cfg.early_stop and above and step - held_since >= cfg.early_stop:
+            break
+
+    return dict(
+        step_train_99=step_train,
+        step_test_99=step_test,
+        grok_delay=None if step_train is None or step_test is None else step_test - step_train,
+        phase=phase(step_train, step_test),
+        steps_run=row["step"],
+        early_stopped=row["step"] < cfg.steps,
+        train_acc=row["train_acc"],
+        test_acc=row["test_acc"],
+    )
