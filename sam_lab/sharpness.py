@@ -153,7 +153,7 @@ def _ascent_step(model, loss_fn, x, y, rho, p, adaptive):
     finally:
         for q, g in zip(params, saved):
             q.grad = g
-    return float(loss), eps, grads
+    return float(loss.detach()), eps, grads
 
 
 def _ball_norm(eps, scales, p):

@@ -1,0 +1,163 @@
+"""Mode connectivity: train two minima, train a curve between them, walk both paths.
+
+    from sam_lab.trials import connect
+    for row in connect.run({"dataset": "digits", "width": 64, "epochs": 20, "curve_epochs": 20}):
+        print(row["path"], row["t"], row["train_loss"], row["test_err"])
+
+Endpoints A and B share the data (subset and label noise are drawn with `seed`) and the whole
+classify recipe; they differ in the init and minibatch seed (`seed`, `seed_b`), or are loaded
+from `endpoint_a` / `endpoint_b`: state_dict files (`torch.save(model.state_dict(), path)`) of the
+same architecture, read with `torch.load(weights_only=True)`.
+
+The curve (`curve`, `num_bends`) is trained for `curve_epochs` with the classify optimizer
+(without SAM) at `curve_lr` and the classify schedule, one t ~ U(0, 1) per minibatch, and
+`weight_decay` as L2 at the curve point. Then `points` evenly spaced t (61 by default) are
+evaluated on the straight line and on the curve, BN statistics recomputed at every t, yielding
+one row per (path, t): step (row index over the trial), path (linear | curve), t, train_loss,
+train_err, test_loss, test_err. The trial returns
+  barrier_{loss,err}_{linear,curve}  max_t v(t) - (v(0) + v(1)) / 2, loss = train loss and
+                                     err = test error
+  mean_{loss,err}_{linear,curve}     the same quantities averaged per unit of path length
+  max_err_{linear,curve}             max_t test error
+  length_{linear,curve}              Euclidean length of the path in weight space
+  {train_loss,test_err}_{a,b}        the endpoints, with their own BN statistics
+and, with measure_sharpness, lambda_max, hessian_trace, eps_sharpness averaged over A and B.
+`eval_every` does not apply: endpoint training yields no rows.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import os
+import time
+
+import torch
+
+from sam_lab import curves, models
+from sam_lab.config import ConfigError, field, parse
+from sam_lab.train import (
+    ClassifyConfig,
+    evaluate,
+    make_optimizer,
+    make_scheduler,
+    measure_sharpness,
+    setup,
+    steps_per_epoch,
+    train_epoch,
+)
+
+
+@dataclasses.dataclass
+class Config(ClassifyConfig):
+    seed_b: int | None = field(default=None, metadata=dict(ge=0))  # None = seed + 1
+    curve: str = field(default="bezier", metadata=dict(choices=curves.KINDS))
+    num_bends: int = field(default=3, metadata=dict(ge=3))  # control points incl. endpoints
+    curve_epochs: int = field(default=20, metadata=dict(ge=1))
+    curve_lr: float = field(default=0.01, metadata=dict(gt=0.0))
+    points: int = field(default=61, metadata=dict(ge=3))  # evaluated t per path
+    endpoint_a: str | None = None
+    endpoint_b: str | None = None
+
+    def check(self):
+        super().check()
+        if self.seed_b is not None and self.seed_b == self.seed and self.endpoint_b is None:
+            raise ConfigError("seed_b", f"equals seed ({self.seed}): both endpoints would be the "
+                                        "same network")
+        for key in ("endpoint_a", "endpoint_b"):
+            path = getattr(self, key)
+            if path is not None and not os.path.isfile(path):
+                raise ConfigError(key, f"{path} is not a file")
+
+
+def _endpoint(cfg, model, data, seed, checkpoint):
+    """Load the checkpoint, or train with the classify loop under `seed`."""
+    if checkpoint is not None:
+        state = torch.load(checkpoint, map_location=data.x_train.device, weights_only=True)
+        model.load_state_dict(state)
+        return model
+    opt = make_optimizer(cfg, model.parameters())
+    scheduler = make_scheduler(cfg, opt, steps_per_epoch(len(data.y_train), cfg.batch_size)
+                               * cfg.epochs)
+    generator = torch.Generator().manual_seed(seed)
+    for epoch in range(1, cfg.epochs + 1):
+        loss_sum, _ = train_epoch(model, opt, data.x_train, data.y_train, cfg.batch_size,
+                                  generator, scheduler, cfg.grad_clip, cfg.amp == "bf16")
+        if not torch.isfinite(loss_sum):
+            raise FloatingPointError(f"endpoint (seed {seed}) train loss is {loss_sum.item()} in "
+                                     f"epoch {epoch}; lower lr or rho")
+    return model
+
+
+def _train_curve(cfg, curve, data):
+    opt = make_optimizer(dataclasses.replace(cfg, rho=0.0), [curve.bends], lr=cfg.curve_lr,
+                         weight_decay=0.0)  # weight decay goes on the curve point instead
+    scheduler = make_scheduler(cfg, opt, steps_per_epoch(len(data.y_train), cfg.batch_size)
+                               * cfg.curve_epochs)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    for epoch in range(1, cfg.curve_epochs + 1):
+        loss_sum, _ = curves.train_bends(curve, opt, data.x_train, data.y_train, cfg.batch_size,
+                                         generator, cfg.weight_decay, scheduler)
+        if not torch.isfinite(loss_sum):
+            raise FloatingPointError(f"curve train loss is {loss_sum.item()} in curve epoch "
+                                     f"{epoch}; lower curve_lr")
+
+
+def walk(path: curves.Curve, data, points: int, recompute_bn=True):
+    """Evaluate `points` evenly spaced t: a list of (t, train_loss, train_err, test_loss,
+    test_err), and the Euclidean lengths of the points - 1 segments between them."""
+    bn_data = data.x_train if recompute_bn and curves.has_batchnorm(path.model) else None
+    rows, lengths, previous = [], [], None
+    for t in torch.linspace(0, 1, points).tolist():
+        net = path.at(t, bn_data=bn_data)
+        train_loss, train_acc = evaluate(net, data.x_train, data.y_train)
+        test_loss, test_acc = evaluate(net, data.x_test, data.y_test)
+        rows.append((t, train_loss, 1 - train_acc, test_loss, 1 - test_acc))
+        current = path.point(t).detach()
+        if previous is not None:
+            lengths.append(float((current - previous).norm()))
+        previous = current
+    return rows, lengths
+
+
+def run(config: dict):
+    cfg = parse(Config, config)
+    start = time.perf_counter()
+    seed_b = cfg.seed + 1 if cfg.seed_b is None else cfg.seed_b
+    data, model_a = setup(cfg)  # data subset and label noise follow `seed`, for both endpoints
+    torch.manual_seed(seed_b)
+    model_b = models.build(cfg.model, data.input_shape, data.n_classes, cfg.width, cfg.depth)
+    model_b = model_b.to(data.x_train.device)
+    model_a = _endpoint(cfg, model_a, data, cfg.seed, cfg.endpoint_a)
+    model_b = _endpoint(cfg, model_b, data, seed_b, cfg.endpoint_b)
+
+    summary = {"n_params": models.count_params(model_a)}
+    for name, model in (("a", model_a), ("b", model_b)):
+        summary[f"train_loss_{name}"] = evaluate(model, data.x_train, data.y_train)[0]
+        summary[f"test_err_{name}"] = 1 - evaluate(model, data.x_test, data.y_test)[1]
+    if cfg.measure_sharpness:
+        both = [measure_sharpness(cfg, m, data) for m in (model_a, model_b)]
+        summary.update({k: (both[0][k] + both[1][k]) / 2 for k in both[0]})
+
+    w0, w1 = curves.flatten(model_a), curves.flatten(model_b)
+    line = curves.Curve(copy.deepcopy(model_a), w0, w1, kind="polychain", num_bends=2)
+    curve = curves.Curve(copy.deepcopy(model_a), w0, w1, kind=cfg.curve, num_bends=cfg.num_bends)
+    _train_curve(cfg, curve, data)
+
+    step = 0
+    for name, path in (("linear", line), ("curve", curve)):
+        rows, lengths = walk(path, data, cfg.points)
+        for t, train_loss, train_err, test_loss, test_err in rows:
+            yield dict(step=step, path=name, t=t, train_loss=train_loss, train_err=train_err,
+                       test_loss=test_loss, test_err=test_err)
+            step += 1
+        train_losses = [r[1] for r in rows]
+        test_errs = [r[4] for r in rows]
+        summary[f"barrier_loss_{name}"] = curves.barrier(train_losses)
+        summary[f"barrier_err_{name}"] = curves.barrier(test_errs)
+        summary[f"mean_loss_{name}"] = curves.length_weighted_mean(train_losses, lengths)
+        summary[f"mean_err_{name}"] = curves.length_weighted_mean(test_errs, lengths)
+        summary[f"max_err_{name}"] = max(test_errs)
+        summary[f"length_{name}"] = sum(lengths)
+    summary["train_s"] = time.perf_counter() - start
+    return summary
