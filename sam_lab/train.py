@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -120,13 +121,14 @@ def make_optimizer(cfg: ClassifyConfig, params, lr=None, weight_decay=None):
 
 
 def make_scheduler(cfg: ClassifyConfig, opt, total_steps: int):
-    """Per-step LR multiplier. SAM shares param_groups with its base, so it takes the SAM object."""
+    """Per-step LR multiplier, or None for a constant LR. SAM shares param_groups with its base,
+    so the scheduler takes the SAM object itself."""
     if cfg.schedule == "cosine":
         factor = lambda s: 0.5 * (1 + math.cos(math.pi * min(s, total_steps) / total_steps))  # noqa: E731
     elif cfg.schedule == "step":
         factor = lambda s: 0.1 ** ((s >= total_steps // 2) + (s >= 3 * total_steps // 4))  # noqa: E731
     else:
-        factor = lambda s: 1.0  # noqa: E731
+        return None
     return torch.optim.lr_scheduler.LambdaLR(opt, factor)
 
 
@@ -143,18 +145,19 @@ def train_epoch(model, opt, x, y, batch_size, generator, scheduler=None, grad_cl
     order = torch.randperm(n, generator=generator).to(x.device)
     bs = n if batch_size == 0 else batch_size
     is_sam = isinstance(opt, SAM)
+    # autocast only when asked: even a disabled autocast context costs time on tiny steps
+    autocast = (lambda: torch.autocast(x.device.type, dtype=torch.bfloat16)) if amp else nullcontext
     total = torch.zeros((), device=x.device)
     steps = 0
     for i in range(0, n, bs):
         idx = order[i:i + bs]
         xb, yb = x[idx], y[idx]
-        with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        with autocast():
             loss = loss_fn(model(xb), yb)
         loss.backward()
         if is_sam:
             opt.first_step(zero_grad=True)
-            with bn_update_once(model), torch.autocast(x.device.type, dtype=torch.bfloat16,
-                                                       enabled=amp):
+            with bn_update_once(model), autocast():
                 loss_fn(model(xb), yb).backward()
         if grad_clip > 0:  # on the gradient that is applied: SAM's second pass
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
