@@ -1,0 +1,312 @@
+"""Run a sweep's trials on Ray Tune; the driver records each one as it finishes.
+
+    connect(address)                      # local Ray sized to this machine, or join a cluster
+    summary = run(spec, todo, results, tracker, max_concurrent=2)
+
+Workers only train: `run_trial` wraps the family's `run` generator, reports one row per
+evaluation point, and turns an exception raised by the science code into a final `failed`
+report, so a deterministic failure is recorded once and never retried. A lost worker or node is
+an infrastructure failure: Tune restarts the trial up to `failure_retries` times (the partial
+curve and MLflow run are dropped), then it is recorded `failed` too.
+
+The driver-side `Recorder` callback writes Parquet and MLflow. Tune's own storage is a temp
+folder (or --storage for a multi-node cluster), deleted afterwards: trials.parquet is the only
+state a resume needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass
+
+os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial json/csv/tfevents
+os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing
+
+import ray  # noqa: E402
+from ray import tune  # noqa: E402
+
+from sam_lab import trials as families  # noqa: E402
+from sweeps.spec import InputError  # noqa: E402
+
+# Our progress lines replace Tune's: its restore hints, interrupt warnings and tracebacks of lost
+# workers would only confuse (resume is rerunning the command; errors land in trials.parquet).
+# Ray 2.60 turns token auth on for a local start and says so on every launch; keep it, quietly.
+for _name, _level in (("ray._private.authentication.authentication_token_setup", logging.ERROR),
+                      ("ray.tune.tune", logging.CRITICAL),
+                      ("ray.tune.execution.tune_controller", logging.CRITICAL),
+                      ("ray.tune.analysis.experiment_analysis", logging.ERROR),
+                      ("ray.tune.utils.util", logging.ERROR)):  # "callback took 0.8 s" on a busy box
+    logging.getLogger(_name).setLevel(_level)
+
+
+class LaunchError(InputError):
+    """Ray cannot be used as asked (bad --address, resources this machine lacks)."""
+
+
+def connect(address: str | None, resources: dict) -> str:
+    """Start or join Ray; returns a description of the cluster for the user."""
+    if address is None:
+        # Ray sizes itself to the CPUs this process may use (affinity, cgroup quota), which
+        # os.cpu_count() overstates in a container.
+        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    else:
+        if address.startswith("ray://"):
+            raise LaunchError(
+                f"--address {address}: Ray Client would run the Tune driver, and so the Parquet "
+                "and MLflow writes, on the cluster; run sam-lab on the head instead: "
+                "ray job submit --address http://HEAD:8265 -- sam-lab sweep ... --address auto")
+        if address != "auto":
+            host, _, port = address.rpartition(":")
+            try:
+                socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
+            except (OSError, ValueError) as e:
+                raise LaunchError(f"--address {address}: cannot reach a Ray head there ({e}); "
+                                  "allowed: auto, or host:port of a running `ray start --head`"
+                                  ) from None
+        try:
+            ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
+        except ConnectionError as e:
+            raise LaunchError(f"--address {address}: {str(e).splitlines()[0]}") from None
+    total = ray.cluster_resources()
+    for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
+        need, have = resources[key], total.get(name, 0)
+        if need > have and address is None:  # a cluster may still scale up; this machine won't
+            ray.shutdown()
+            raise LaunchError(f"resources.{key}: each trial asks for {need} but this machine "
+                              f"has {have:g} {name}s; allowed: <= {have:g}")
+    where = "local Ray" if address is None else f"Ray at {address}"
+    return f"{where} ({total.get('CPU', 0):g} CPUs, {total.get('GPU', 0):g} GPUs)"
+
+
+def disconnect():
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+# ----------------------------------------------------------------------------- worker side
+
+
+# tune.report blocks the trial until the driver has taken the result, so rows are sent in
+# batches at most once a second: a fast loop (an eval every few ms) is not slowed by round trips.
+REPORT_EVERY_S = 1.0
+
+
+def _clean(row: dict, what: str) -> dict:
+    """Plain Python values only (they become Parquet columns and MLflow metrics)."""
+    out = {}
+    for key, value in row.items():
+        if value is None:
+            out[key] = None
+        elif isinstance(value, (bool, int, float, str)):  # np.float64 is a float: make it one
+            out[key] = next(t for t in (bool, int, float, str) if isinstance(value, t))(value)
+        elif hasattr(value, "item") and getattr(value, "ndim", 1) == 0:  # numpy / torch scalar
+            out[key] = value.item()
+        else:
+            raise TypeError(f"{what} key {key!r} has type {type(value).__name__}; "
+                            "yield int, float or str")
+    if what == "row" and not isinstance(out.get("step"), int):
+        raise TypeError(f"every row needs an int 'step', got {row.get('step')!r}")
+    return out
+
+
+def run_trial(params: dict):
+    """The Tune trainable: one trial of a family, on this worker's CPU allotment."""
+    import torch  # here, not at the top: the driver never needs it
+
+    t = params["trial"]
+    start = time.perf_counter()
+    torch.set_num_threads(t["threads"])
+    final = {"status": "ok", "error": None, "traceback": None, "summary": {},
+             "node": ray.get_runtime_context().get_node_id()}
+    rows = families.get(t["experiment"]).run(dict(t["config"]))
+    pending, last_report = [], -REPORT_EVERY_S
+    while True:
+        try:  # only the science code is guarded: Tune's own exceptions must reach Tune
+            try:
+                row = next(rows)
+            except StopIteration as stop:
+                final["summary"] = _clean(stop.value or {}, "returned")
+                break
+            pending.append(_clean(row, "row"))
+        except Exception as e:
+            final |= {"status": "failed", "error": f"{type(e).__name__}: {e}",
+                      "traceback": traceback.format_exc()}
+            break
+        if time.perf_counter() - last_report >= REPORT_EVERY_S:
+            tune.report({"rows": pending})
+            pending, last_report = [], time.perf_counter()
+    tune.report({"rows": pending, "final": final | {"wall_s": time.perf_counter() - start}})
+
+
+# ----------------------------------------------------------------------------- driver side
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(seconds), 60)
+    return f"{m // 60}:{m % 60:02d}:{s:02d}" if m >= 60 else f"{m}:{s:02d}"
+
+
+class Progress:
+    """One line per finished trial, with the counts; on a terminal also a live status line."""
+
+    def __init__(self, total: int, stream=sys.stdout):
+        self.total, self.stream = total, stream
+        self.tty = stream.isatty()
+        self.start = time.monotonic()
+        self.ok = self.failed = 0
+        self.running = set()
+        self.last_tick = 0.0
+
+    def status(self) -> str:
+        pending = self.total - self.ok - self.failed - len(self.running)
+        return (f"{self.ok + self.failed}/{self.total} done, {self.failed} failed, "
+                f"{len(self.running)} running, {pending} pending, "
+                f"{_clock(time.monotonic() - self.start)}")
+
+    def say(self, text: str):
+        clear = "\r\033[K" if self.tty else ""
+        print(f"{clear}{text}", file=self.stream, flush=True)
+        self.tick(force=True)
+
+    def tick(self, force=False):
+        if self.tty and (force or time.monotonic() - self.last_tick > 1.0):
+            self.last_tick = time.monotonic()
+            print(f"\r\033[K  {self.status()}", end="", file=self.stream, flush=True)
+
+    def finished(self, trial_id: str, label: str, row: dict):
+        self.running.discard(trial_id)
+        if row["status"] == "ok":
+            self.ok += 1
+            acc = row.get("test_acc")
+            what = f"test_acc {acc:.3f}" if isinstance(acc, float) else "ok"
+        else:
+            self.failed += 1
+            what = row["error"].splitlines()[0][:120] if row["error"] else "failed"
+        self.say(f"{row['status']:6} {label}: {what} ({row['wall_s']:.1f} s)  [{self.status()}]")
+
+    def end(self):
+        if self.tty:
+            print("\r\033[K", end="", file=self.stream, flush=True)
+
+
+def _lost_reason(trial) -> str:
+    """The last failure Tune wrote for a trial whose worker died, as one line."""
+    text = ""
+    if trial.error_file and os.path.exists(trial.error_file):
+        with open(trial.error_file) as f:
+            text = f.read().rsplit("Failure #", 1)[-1]
+    lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
+    return "worker lost: " + (lines[0] if lines else "the trial's worker or node died")
+
+
+class Recorder(tune.Callback):
+    """Driver side: curves in memory per trial, then Parquet + MLflow when a trial ends."""
+
+    def __init__(self, spec, trials, results, tracker, progress):
+        self.spec, self.results, self.tracker, self.progress = spec, results, tracker, progress
+        self.by_id = {t.trial_id: t for t in trials}
+        self.curves, self.started, self.recorded = {}, {}, set()
+
+    @staticmethod
+    def _id(trial) -> str:
+        return trial.config["trial"]["trial_id"]
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        tid = self._id(trial)
+        self.curves[tid], self.started[tid] = [], time.perf_counter()
+        self.tracker.start_trial(self.by_id[tid])
+        self.progress.running.add(tid)
+        self.progress.tick(force=True)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        tid = self._id(trial)
+        if tid in self.recorded:  # a late duplicate, e.g. from a retry after the final report
+            return
+        self.curves[tid].extend(result["rows"])
+        self.tracker.log_rows(tid, result["rows"])
+        if "final" in result:
+            final = result["final"]
+            self._record(tid, final, final["summary"], final["traceback"])
+
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        tid = self._id(trial)
+        reason = _lost_reason(trial)
+        self.tracker.kill_trial(tid, reason)
+        self.curves[tid] = []
+        self.progress.running.discard(tid)
+        self.progress.say(f"retry  {self.by_id[tid].label}: {reason} "
+                          f"(attempt {trial.num_failures + 1} of {self.spec.failure_retries + 1})")
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        tid = self._id(trial)
+        if tid not in self.recorded:
+            wall = time.perf_counter() - self.started.get(tid, time.perf_counter())
+            final = {"status": "failed", "error": _lost_reason(trial), "node": None,
+                     "wall_s": wall}
+            self._record(tid, final, {}, None)
+
+    def on_step_end(self, iteration, trials, **info):
+        self.progress.tick()
+
+    def _record(self, tid: str, final: dict, summary: dict, trace: str | None):
+        trial = self.by_id[tid]
+        curve = self.curves.pop(tid, [])
+        row = {"trial_id": tid, "sweep": self.spec.name, "experiment": self.spec.experiment,
+               "status": final["status"], "error": final["error"], "seed": trial.seed,
+               **trial.config}
+        for key, value in {**(curve[-1] if curve else {}), **summary}.items():
+            row.setdefault(key, value)  # config values win over same-named metrics (lr)
+        row |= {"wall_s": final["wall_s"], "node": final["node"]}
+        self.results.record(row, curve)
+        self.recorded.add(tid)
+        self.tracker.finish_trial(tid, row, summary, trace)
+        self.progress.finished(tid, trial.label, row)
+
+
+@dataclass
+class Summary:
+    ok: int
+    failed: int
+    unfinished: int
+    seconds: float
+
+
+def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None) -> Summary:
+    """Run `todo` (a list of spec.Trial) to completion, or until Ctrl-C; Ray must be connected."""
+    progress = Progress(len(todo))
+    recorder = Recorder(spec, todo, results, tracker, progress)
+    trials = [{"trial_id": t.trial_id, "experiment": spec.experiment, "config": t.config,
+               "threads": spec.threads} for t in todo]
+    resources = {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
+    own_storage = storage is None
+    storage = storage or tempfile.mkdtemp(prefix="sam-lab-tune-")
+    tuner = tune.Tuner(
+        tune.with_resources(run_trial, resources),
+        param_space={"trial": tune.grid_search(trials)},
+        tune_config=tune.TuneConfig(
+            reuse_actors=True, max_concurrent_trials=max_concurrent,
+            trial_name_creator=lambda t: t.config["trial"]["trial_id"],
+            trial_dirname_creator=lambda t: t.config["trial"]["trial_id"]),
+        run_config=tune.RunConfig(
+            name=spec.name, storage_path=storage, verbose=0, callbacks=[recorder],
+            failure_config=tune.FailureConfig(max_failures=spec.failure_retries)))
+    sigint = signal.getsignal(signal.SIGINT)
+    try:
+        tuner.fit()  # the first Ctrl-C stops Tune gracefully: fit returns, trials in flight end
+    finally:
+        signal.signal(signal.SIGINT, sigint)  # Tune leaves its handler behind
+        progress.end()
+        if own_storage:
+            shutil.rmtree(storage, ignore_errors=True)
+    return Summary(ok=progress.ok, failed=progress.failed,
+                   unfinished=len(todo) - len(recorder.recorded),
+                   seconds=time.monotonic() - progress.start)
+

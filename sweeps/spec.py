@@ -1,0 +1,281 @@
+"""Sweep specs: load a YAML file, validate every trial against its family's Config, expand.
+
+    spec = load("sweeps/quickstart.yaml", overrides=["epochs=5"])
+    for t in spec.trials: print(t.trial_id, t.label, t.config)
+
+A spec is a study: `name` (the results folder and MLflow experiment), `experiment` (a family in
+`sam_lab.trials`), `description`, `base` (config shared by all trials), `grid` (a cartesian
+product of config values), `seeds` (a list, or n meaning 0..n-1), `resources` (per trial) and
+`failure_retries` (how often a trial lost to a dead worker or node is restarted).
+
+Everything is checked here, before Ray or MLflow start, and any problem is one `SpecError` line
+naming the file, the key and what is allowed.
+
+trial_id is a hash of the experiment name and the *fully defaulted* config (seed included), minus
+EXECUTION_KEYS: knobs that say where and how a trial runs, not what it computes. So listing a
+default value in base does not change ids, a trial finished on 1 thread or on a GPU counts as
+done when the sweep is resumed with other resources, and any other change (a new default in
+code, a new field) gives new ids, never a stale result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from sam_lab import trials as families
+from sam_lab.config import ConfigError, parse
+
+EXECUTION_KEYS = frozenset({"threads", "device", "data_dir", "download"})
+REQUIRED = ("name", "experiment", "grid", "seeds")
+OPTIONAL = {"description": "", "base": {}, "resources": {"cpu": 1, "gpu": 0}, "failure_retries": 2}
+RESOURCE_KEYS = ("cpu", "gpu")
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+class InputError(ValueError):
+    """Bad user input (spec, flag, address, tracking URI): exit code 2 with str(e) as the one
+    line shown, and nothing written. Every check that raises it runs before any write."""
+
+
+class SpecError(InputError):
+    """A bad spec or --set override."""
+
+
+@dataclass(frozen=True)
+class Trial:
+    trial_id: str
+    seed: int
+    point: dict  # the grid values of this trial, for labels
+    config: dict  # the fully defaulted, validated config
+
+    @property
+    def label(self) -> str:
+        return " ".join([f"{k}={v}" for k, v in self.point.items()] + [f"seed={self.seed}"])
+
+
+@dataclass
+class Spec:
+    path: str
+    name: str
+    experiment: str
+    description: str
+    base: dict
+    grid: dict
+    seeds: list
+    resources: dict
+    failure_retries: int
+    trials: list
+
+    @property
+    def threads(self) -> int:
+        return threads_for(self.resources)
+
+    def resolved(self) -> dict:
+        """The spec as run (overrides applied, seeds expanded), plus the trial ids it expands to."""
+        keys = ("name", "experiment", "description", "base", "grid", "seeds", "resources",
+                "failure_retries")
+        return {k: getattr(self, k) for k in keys} | {
+            "trial_ids": [t.trial_id for t in self.trials]}
+
+
+def threads_for(resources: dict) -> int:
+    """Torch threads of a trial: its CPU allotment, at least one."""
+    return max(1, math.floor(resources["cpu"]))
+
+
+def _show(point: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in point.items())
+
+
+def trial_id(experiment: str, config: dict) -> str:
+    identity = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
+    blob = json.dumps({"experiment": experiment, "config": identity}, sort_keys=True,
+                      separators=(",", ":"), allow_nan=True)
+    return hashlib.sha1(blob.encode()).hexdigest()[:16]
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys silently; a spec must not."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise SpecError(f"line {key_node.start_mark.line + 1}: {key}: duplicate key")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def _read_yaml(path: Path) -> dict:
+    if not path.is_file():
+        raise SpecError(f"{path}: spec file not found")
+    try:
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        where = getattr(e, "problem_mark", None)
+        line = f"line {where.line + 1}: " if where else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError(f"{path}: not valid YAML: {line}{problem}") from None
+    if not isinstance(raw, dict):
+        raise SpecError(f"{path}: expected a mapping with keys {', '.join(REQUIRED)}; "
+                        f"got {type(raw).__name__}")
+    return raw
+
+
+def parse_overrides(overrides: list[str]) -> dict:
+    """`--set key=value` strings into {key: value}; values are read as YAML (5 -> int, [4, 8])."""
+    out = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise SpecError(f"--set {item}: expected key=value, e.g. --set epochs=5")
+        try:
+            out[key] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise SpecError(f"--set {item}: value is not valid YAML") from None
+    return out
+
+
+def _check_top(path, raw: dict):
+    allowed = ", ".join((*REQUIRED, *OPTIONAL))
+    for key in raw:
+        if key not in REQUIRED and key not in OPTIONAL:
+            raise SpecError(f"{path}: {key}: unknown spec key; allowed: {allowed}")
+    for key in REQUIRED:
+        if key not in raw:
+            raise SpecError(f"{path}: {key}: missing; a spec needs {', '.join(REQUIRED)}")
+    name = raw["name"]
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
+        raise SpecError(f"{path}: name: got {name!r}; allowed: letters, digits, '.', '_', '-' "
+                        "(it names a folder)")
+    if raw["experiment"] not in families.names():
+        raise SpecError(f"{path}: experiment: unknown {raw['experiment']!r}; allowed: "
+                        f"{', '.join(families.names())}")
+    if not isinstance(raw.get("description") or "", str):
+        raise SpecError(f"{path}: description: expected text")
+
+
+def _seeds(path, value) -> list:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise SpecError(f"{path}: seeds: got {value}; allowed: an int >= 1 (n seeds 0..n-1) "
+                            "or a list of distinct ints >= 0")
+        return list(range(value))
+    ok = (isinstance(value, list) and value
+          and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in value))
+    if not ok or len(set(value)) != len(value):
+        raise SpecError(f"{path}: seeds: got {value!r}; allowed: an int >= 1 (n seeds 0..n-1) "
+                        "or a list of distinct ints >= 0")
+    return list(value)
+
+
+def _resources(path, value) -> dict:
+    if not isinstance(value, dict):
+        raise SpecError(f"{path}: resources: expected a mapping like {{cpu: 1, gpu: 0}}")
+    out = dict(OPTIONAL["resources"])
+    for key, amount in value.items():
+        if key not in RESOURCE_KEYS:
+            raise SpecError(f"{path}: resources.{key}: unknown; allowed: "
+                            f"{', '.join(RESOURCE_KEYS)}")
+        bound = "> 0" if key == "cpu" else ">= 0"
+        number = isinstance(amount, (int, float)) and not isinstance(amount, bool)
+        if not number or not (amount > 0 if key == "cpu" else amount >= 0):
+            raise SpecError(f"{path}: resources.{key}: got {amount!r}; allowed: a number {bound}")
+        out[key] = amount
+    return out
+
+
+def _grid(path, value) -> dict:
+    if not isinstance(value, dict) or not value:
+        raise SpecError(f"{path}: grid: expected a mapping of config keys to lists of values, "
+                        "e.g. {width: [4, 16]}")
+    for key, values in value.items():
+        if not isinstance(values, list) or not values:
+            raise SpecError(f"{path}: grid.{key}: expected a non-empty list of values, "
+                            f"got {values!r}")
+        if any(isinstance(v, (list, dict)) for v in values):
+            raise SpecError(f"{path}: grid.{key}: values must be scalars, got {values!r}")
+        if len({json.dumps(v) for v in values}) != len(values):
+            raise SpecError(f"{path}: grid.{key}: duplicate values in {values!r}")
+    return value
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> Spec:
+    path = Path(path)
+    raw = _read_yaml(path)
+    _check_top(path, raw)
+    spec = {**OPTIONAL, **raw}
+    if not isinstance(spec["base"], dict):
+        raise SpecError(f"{path}: base: expected a mapping of config keys to values")
+    base, grid = dict(spec["base"]), dict(_grid(path, spec["grid"]))
+    seeds = _seeds(path, spec["seeds"])
+    resources = _resources(path, spec["resources"])
+    retries = spec["failure_retries"]
+    if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+        raise SpecError(f"{path}: failure_retries: got {retries!r}; allowed: an int >= 0")
+
+    setted = parse_overrides(list(overrides))
+    if "seeds" in setted:
+        seeds = _seeds(f"{path}: --set", setted.pop("seeds"))
+    for key, value in setted.items():  # a swept key is replaced by the value(s) given
+        if key in grid:
+            grid[key] = value if isinstance(value, list) else [value]
+        else:
+            base[key] = value
+    grid = _grid(path, grid)
+
+    family = families.get(spec["experiment"])
+    fields = {f.name for f in dataclasses.fields(family.Config)}
+    for key in [*base, *grid]:
+        where = f"--set {key}" if key in setted else key
+        if key == "seed":
+            raise SpecError(f"{path}: {where}: set seeds with the top-level `seeds`, not a config "
+                            "key")
+        if key == "threads" and (key in grid or base[key] != threads_for(resources)):
+            raise SpecError(f"{path}: {where}: each trial uses its CPU allotment, "
+                            f"floor(resources.cpu) = {threads_for(resources)}; set resources.cpu "
+                            "instead")
+        if key in base and key in grid and key not in setted:
+            raise SpecError(f"{path}: {key}: in both base and grid; keep one")
+        if key not in fields:
+            raise SpecError(f"{path}: {where}: unknown key for experiment {spec['experiment']}; "
+                            f"allowed: {', '.join(sorted(fields - {'seed'}))}")
+
+    trials, seen = [], {}
+    for values in itertools.product(*grid.values()):
+        point = dict(zip(grid, values))
+        for seed in seeds:
+            raw_config = {**base, **point, "seed": seed}
+            if "threads" in fields:
+                raw_config["threads"] = threads_for(resources)
+            try:
+                config = dataclasses.asdict(parse(family.Config, raw_config))
+            except ConfigError as e:
+                where = "--set " if e.key in setted else ""
+                at = f" (grid point {_show(point)})" if e.key in grid else ""
+                raise SpecError(f"{path}: {where}{e}{at}") from None
+            tid = trial_id(spec["experiment"], config)
+            if tid in seen:  # 1 and 1.0, or a grid over an execution key such as device
+                raise SpecError(f"{path}: grid: points {_show(seen[tid])} and {_show(point)} "
+                                f"give the same trial ({', '.join(sorted(EXECUTION_KEYS))} do not "
+                                "define a trial)")
+            seen[tid] = point
+            trials.append(Trial(tid, seed, {k: config[k] for k in point}, config))
+
+    grid = {k: list(dict.fromkeys(t.config[k] for t in trials)) for k in grid}  # typed: 1e-3 str
+    return Spec(path=str(path), name=spec["name"], experiment=spec["experiment"],
+                description=(spec["description"] or "").strip(), base=base, grid=grid, seeds=seeds,
+                resources=resources, failure_retries=retries, trials=trials)
