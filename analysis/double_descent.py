@@ -1,7 +1,8 @@
 """Double-descent pictures: error against a size axis, and heatmaps over two axes.
 
 Conventions (documented in the README):
-- error = 1 - accuracy, in percent; bands are 95% bootstrap CIs of the mean over seeds (seaborn).
+- error = 1 - accuracy, in percent; bands are 95% bootstrap CIs of the mean over seeds (seaborn,
+  seeded so figures are reproducible).
 - The interpolation threshold is the smallest x whose mean train error is <= 0.1%.
 - Heatmaps show the mean test error over seeds; size axes (width, n_train, epochs, rho, ...)
   are sorted numerically and labelled with their values, so a geometric grid reads as a log axis;
@@ -16,6 +17,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from matplotlib.ticker import NullLocator
 
 from analysis.common import save
 
@@ -36,29 +38,51 @@ def interpolation_threshold(df: pd.DataFrame, x: str):
     return None if hit.empty else hit.index[0]
 
 
-def error_curve(trials: pd.DataFrame, x: str, out_dir: Path, stem: str, hue: str | None = None,
-                facet: str | None = None, title: str = "") -> Path:
-    """Test (solid) and train (dashed) error vs x on a log axis, mean and 95% CI over seeds."""
-    df = with_errors(trials)
-    facets = sorted(df[facet].unique()) if facet else [None]
-    fig, axes = plt.subplots(1, len(facets), figsize=(5.5 * len(facets), 4), squeeze=False,
+def error_curve(trials: pd.DataFrame, spec: dict, out_dir: Path, x: str,
+                facet: str | None = None, mark: float | None = None) -> Path:
+    """Test (solid) and train (dashed) error against x, mean and 95% CI over seeds.
+
+    Other swept keys become colours; `facet` (e.g. label_noise) splits panels. The
+    interpolation threshold is marked on single-setting panels; `mark` adds a reference line
+    (e.g. N = n_train for random features)."""
+    others = [k for k in spec["grid"] if k not in (x, facet)]
+    df = trials.sort_values(others + [x]) if others else trials.copy()
+    df["setting"] = (df[others].astype(str).apply(
+        lambda r: ", ".join(f"{k}={v}" for k, v in r.items()), axis=1) if others else "")
+    long = pd.concat([df.assign(split=split, error=100 * (1 - df[f"{split}_acc"]))
+                      for split in ("test", "train")])
+    panels = sorted(df[facet].unique()) if facet else [None]
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.4 * len(panels), 4.2), squeeze=False,
                              sharey=True)
-    for ax, value in zip(axes[0], facets):
-        part = df if value is None else df[df[facet] == value]
-        long = part.melt(id_vars=[c for c in (x, hue, "seed") if c],
-                         value_vars=["test_error", "train_error"], var_name="split",
-                         value_name="error (%)")
-        sns.lineplot(data=long, x=x, y="error (%)", hue=hue, style="split", markers=True,
-                     errorbar=("ci", 95), ax=ax, palette="viridis" if hue else None)
-        ax.set_xscale("log")
-        threshold = interpolation_threshold(part, x) if hue is None else None
+    for ax, value in zip(axes[0], panels):
+        part = long if value is None else long[long[facet] == value]
+        sns.lineplot(data=part, x=x, y="error", hue="setting" if others else None,
+                     hue_order=list(dict.fromkeys(df.setting)) if others else None,
+                     style="split", style_order=["test", "train"], markers=True,
+                     errorbar=("ci", 95), seed=0, ax=ax)
+        _log_axis(ax, df[x])
+        threshold = None if others else interpolation_threshold(
+            df if value is None else df[df[facet] == value], x)
         if threshold is not None:
-            ax.axvline(threshold, color="grey", ls=":", label=f"train error 0 at {threshold}")
-        ax.set_title(f"{facet} = {value}" if facet else title)
-        ax.legend(fontsize=7)
-    if facet and title:
-        fig.suptitle(title)
-    return save(fig, out_dir, stem)
+            ax.axvline(threshold, color="grey", ls=":", label=f"train error 0 from {x}={threshold}")
+        if mark is not None:
+            ax.axvline(mark, color="tab:red", ls="--", lw=0.8, label=f"{x} = {mark:g}")
+        seeds = int(df.groupby([k for k in spec["grid"]] or [x]).seed.nunique().min())
+        ax.set(xlabel=x, ylabel="error (%)", title=(f"{facet} = {value}" if facet else
+               f"{spec['name']}: mean, 95% CI over {seeds} seed{'s' * (seeds > 1)}"))
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    return save(fig, out_dir, f"error_vs_{x}")
+
+
+def _log_axis(ax, values: pd.Series):
+    """Log x with the grid's own values as ticks, when the values span a factor of 8 or more."""
+    v = pd.to_numeric(values, errors="coerce")
+    if v.notna().all() and v.min() > 0 and v.max() / v.min() >= 8:
+        ticks = sorted(v.unique())
+        ax.set_xscale("log")
+        ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
+        ax.xaxis.set_minor_locator(NullLocator())
 
 
 def heatmap(table: pd.DataFrame, x: str, y: str, value: str, out_dir: Path, stem: str,

@@ -11,13 +11,15 @@ from analysis import double_descent as dd
 
 def make_figures(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict,
                  out_dir: Path) -> list[Path]:
-    ok = trials[trials["status"] == "ok"]
-    swept = set(spec.get("grid", {}))
-    hue = next((k for k in ("ridge", "label_noise", "features") if k in swept), None)
-    figs = [dd.error_curve(ok, "n_features", out_dir, "error_vs_n_features", hue=hue,
-                           title=f"{spec['name']}: random features, n_train = "
-                                 f"{', '.join(map(str, sorted(ok['n_train'].unique())))}")]
+    ok = trials[trials.status == "ok"]
+    if ok.empty:
+        return []
+    swept = set(spec["grid"])
+    n_train = ok["n_train"].unique()
+    figs = [dd.error_curve(ok, spec, Path(out_dir), "n_features",
+                           facet="n_train" if "n_train" in swept else None,
+                           mark=float(n_train[0]) if len(n_train) == 1 else None)]
     if "n_train" in swept:
         figs.append(dd.heatmap(dd.with_errors(ok), "n_features", "n_train", "test_error",
-                               out_dir, "heatmap_n_features_x_n_train"))
+                               Path(out_dir), "heatmap_n_features_x_n_train"))
     return figs

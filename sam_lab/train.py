@@ -81,13 +81,14 @@ class ClassifyConfig:
             if not root.is_dir():
                 raise ConfigError("data_dir", f"{root} not found; point data_dir at the folder "
                                               "holding cifar-10-batches-py, or set download: true")
-        if self.device == "cuda" and not torch.cuda.is_available():
-            raise ConfigError("device", "cuda requested but torch sees no GPU; allowed: auto, cpu")
 
 
 def resolve_device(name: str) -> torch.device:
+    # Checked here, on the worker, not in `check`: a CPU head validates specs for GPU workers.
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device: cuda requested but this worker's torch sees no GPU")
     return torch.device(name)
 
 
