@@ -3,9 +3,9 @@
 import pickle
 import time
 
-import numpy as np
 import pytest
 import torch
+from cifar_format import write_cifar_fixture
 
 from sam_lab import data, models
 from sam_lab.config import ConfigError, parse
@@ -50,20 +50,8 @@ def test_mnist1d_is_built_offline_and_writes_nothing(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == []
 
 
-def _write_cifar_fixture(root, n_per_batch=20, seed=0):
-    """The real on-disk format: python pickles of {b'data': uint8 (N, 3072), b'labels': [...]}."""
-    rng = np.random.default_rng(seed)
-    folder = root / data.CIFAR_DIR
-    folder.mkdir(parents=True)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        batch = {b"data": rng.integers(0, 256, (n_per_batch, 3072), dtype=np.uint8),
-                 b"labels": [int(v) for v in rng.integers(0, 10, n_per_batch)]}
-        with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
-
-
 def test_cifar10_loads_from_a_data_dir_in_the_real_format(tmp_path):
-    _write_cifar_fixture(tmp_path)
+    write_cifar_fixture(tmp_path)
     d = data.load("cifar10", data_dir=str(tmp_path))
     assert d.x_train.shape == (100, 3, 32, 32) and d.x_test.shape == (20, 3, 32, 32)
     rows = list(classify(dict(dataset="cifar10", data_dir=str(tmp_path), model="resnet18k",
@@ -72,7 +60,7 @@ def test_cifar10_loads_from_a_data_dir_in_the_real_format(tmp_path):
 
 
 def test_cifar10_refuses_pickles_that_are_not_arrays(tmp_path):
-    _write_cifar_fixture(tmp_path)
+    write_cifar_fixture(tmp_path)
     with open(tmp_path / data.CIFAR_DIR / "test_batch", "wb") as f:
         pickle.dump({b"data": time.sleep, b"labels": []}, f)
     with pytest.raises(pickle.UnpicklingError, match="refusing"):

@@ -1,0 +1,271 @@
+"""Train K classifiers of one shape at once: seeds and rho values packed into one process.
+
+    trial = classify_packed([{**base, "seed": s, "rho": r} for s in range(4) for r in (0, 0.05)])
+    try:
+        while True:
+            k, row = next(trial)      # row exactly as `classify(configs[k])` yields it
+    except StopIteration as stop:
+        summaries = stop.value        # one per config: classify's summary dict, or the
+                                      # FloatingPointError that ended that model alone
+
+The K models are stacked with `torch.func.stack_module_state` and run with `functional_call`
+under `vmap`, so one step trains all of them. Everything `classify` does per model is kept per
+model: its init (`setup` with its seed), its n_train subset and label noise, its data order (its
+own seeded generator), its SAM perturbation (its own gradient norm and rho; rho = 0 gives eps = 0,
+so SAM and plain models mix), and its gradient clipping norm. The base optimizers (SGD, Adam,
+AdamW) are elementwise, so one of them steps the stacked parameters. Each model agrees with a
+separate `classify` run to float tolerance (tests/test_vectorized.py).
+
+Configs may differ only in `seed` and `rho`, and the model must be `mlp`: BatchNorm's running
+statistics do not stack (and width cannot be vmapped).
+
+Packing pays where one small model leaves the core idle: K=16 width-16 MNIST-1D MLPs train
+3-6x faster packed on one CPU core (bench/vmap_seeds.py); at width 256 a packed step costs as
+much as 16 separate ones.
+
+`train_s` in a summary is the pack's wall time divided by K (the share of one model), and
+`pack_size` is K.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import math
+import time
+from contextlib import nullcontext
+
+import torch
+import torch.nn.functional as F
+from torch.func import functional_call, stack_module_state, vmap
+
+from sam_lab import models, train
+from sam_lab.config import ConfigError, parse
+
+PACKABLE_KEYS = ("seed", "rho")
+PACKABLE_MODELS = ("mlp",)  # no BatchNorm
+
+
+def check_packable(cfgs: list[train.ClassifyConfig]):
+    """Raise ConfigError naming the first key that keeps these configs from sharing a pack."""
+    if not cfgs:
+        raise ValueError("classify_packed needs at least one config")
+    first = dataclasses.asdict(cfgs[0])
+    for cfg in cfgs[1:]:
+        for key, value in dataclasses.asdict(cfg).items():
+            if key not in PACKABLE_KEYS and value != first[key]:
+                raise ConfigError(key, f"packed configs may differ only in "
+                                       f"{', '.join(PACKABLE_KEYS)}; got {first[key]!r} and {value!r}")
+    if first["model"] not in PACKABLE_MODELS:
+        raise ConfigError("model", f"packing needs a model without BatchNorm "
+                                   f"({', '.join(PACKABLE_MODELS)}); got {first['model']}")
+
+
+def _per_model(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (K,) tensor shaped to broadcast against a stacked (K, ...) tensor."""
+    return values.view(-1, *[1] * (like.ndim - 1))
+
+
+def unit_ascent(us: list[torch.Tensor], p: float) -> list[torch.Tensor]:
+    """Per model k (the leading dim of every tensor): the d_k on the unit p-ball maximising
+    <u_k, d_k>, i.e. sign(u) |u|^(q-1) / (||u||_q^q)^(1/p) with 1/p + 1/q = 1, the norm taken
+    over all of model k's tensors. A model whose u is zero or non-finite gets d = 0.
+
+    This is `SAM.perturbation()`'s closed form (sam_lab/optim.py) for stacked models, including
+    its choices (the normalisation by max |u|, ties at p = 1, d = 0 for zero or non-finite u);
+    with K = 1 (each u unsqueezed) SAM can call it instead of keeping its own copy.
+    """
+    # Normalise by each model's largest |u| first: d is scale-invariant in u, and this keeps
+    # |u|^(q-1) and the q-norm finite for any q.
+    umax = torch.stack([torch.linalg.vector_norm(u.flatten(1), math.inf, dim=1) for u in us])
+    umax = umax.amax(0)
+    dead = ~torch.isfinite(umax) | (umax == 0)
+    umax = torch.where(dead, torch.ones_like(umax), umax)
+    if math.isinf(p):  # q = 1
+        directions = [u.sign() for u in us]
+    elif p == 1:  # q = inf: only each model's largest coordinates move
+        ties = [u.abs() == _per_model(umax, u) for u in us]
+        count = sum(t.flatten(1).sum(1) for t in ties)
+        directions = [u.sign() * t / _per_model(count, u) for u, t in zip(us, ties)]
+    else:
+        q = p / (p - 1)
+        scaled = [u / _per_model(umax, u) for u in us]
+        norms = torch.stack([torch.linalg.vector_norm(s.flatten(1), q, dim=1) for s in scaled])
+        norm = torch.linalg.vector_norm(norms, q, dim=0) ** (q - 1)  # (sum |s|^q)^(1/p)
+        if q == 2:  # p = 2: sign(s) |s|^(q-1) is s itself; skip two kernels per tensor
+            directions = [s / _per_model(norm, s) for s in scaled]
+        else:
+            directions = [s.sign() * s.abs() ** (q - 1) / _per_model(norm, s) for s in scaled]
+    return [torch.where(_per_model(dead, d), torch.zeros_like(d), d) for d in directions]
+
+
+@torch.no_grad()
+def packed_perturbation(params: list[torch.Tensor], rho: torch.Tensor, p: float,
+                        adaptive: bool) -> list[torch.Tensor]:
+    """eps per stacked parameter, each model with its own gradient norm and rho (a (K,) tensor).
+    adaptive is ASAM, as in SAM: T_w = |w| for each model's tensors with ndim >= 2."""
+    scales = [param.abs().float() if adaptive and param.ndim >= 3 else None for param in params]
+    us = [param.grad.float() if s is None else param.grad.float() * s
+          for param, s in zip(params, scales)]
+    eps = []
+    for param, d, s in zip(params, unit_ascent(us, p), scales):
+        e = _per_model(rho, d) * d
+        eps.append((e if s is None else e * s).to(param.dtype))
+    return eps
+
+
+@torch.no_grad()
+def clip_per_model(params: list[torch.Tensor], max_norm: float):
+    """`clip_grad_norm_(model.parameters(), max_norm)` for each model of the stack."""
+    grads = [param.grad for param in params]
+    norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
+    total = torch.linalg.vector_norm(norms, dim=0)
+    coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
+    for g in grads:
+        g.mul_(_per_model(coef, g))
+
+
+class Packed:
+    """K stacked models and a vmapped forward over them."""
+
+    def __init__(self, modules: list[torch.nn.Module]):
+        params, self.buffers = stack_module_state(modules)  # fresh leaves that require grad
+        self.names = list(params)
+        self.params = list(params.values())
+        skeleton = copy.deepcopy(modules[0]).to("meta")
+
+        def forward(params, buffers, x):
+            return functional_call(skeleton, (dict(zip(self.names, params)), buffers), (x,),
+                                   tie_weights=False)
+
+        self._forward = vmap(forward)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        """(K, B, ...) inputs -> (K, B, classes) logits."""
+        return self._forward(self.params, self.buffers, x)
+
+    def losses(self, x, y):
+        """Each model's mean cross-entropy on its own batch: (K,)."""
+        logits = self(x)
+        k, b = y.shape
+        return F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, b).mean(1)
+
+    @torch.no_grad()
+    def load_into(self, k: int, module: torch.nn.Module) -> torch.nn.Module:
+        """Copy model k's weights into `module` (one of the K built by `setup`)."""
+        state = {**{n: p[k] for n, p in zip(self.names, self.params)},
+                 **{n: b[k] for n, b in self.buffers.items()}}
+        module.load_state_dict(state)
+        return module
+
+
+@torch.no_grad()
+def evaluate_packed(packed: Packed, x, y, batch_size=2048):
+    """Per model (mean loss, accuracy) lists, like `train.evaluate` on each model."""
+    k, n = y.shape
+    loss_sum = torch.zeros(k, dtype=torch.float64, device=y.device)
+    correct = torch.zeros(k, dtype=torch.long, device=y.device)
+    for i in range(0, n, batch_size):
+        out = packed(x[:, i:i + batch_size].contiguous()).float()  # strided chunks run 2x slower
+        yb = y[:, i:i + batch_size]
+        loss = F.cross_entropy(out.flatten(0, 1), yb.flatten(), reduction="none")
+        loss_sum += loss.view(k, -1).sum(1).double()
+        correct += (out.argmax(-1) == yb).sum(1)
+    return (loss_sum / n).tolist(), (correct.double() / n).tolist()
+
+
+def packed_metrics(packed, x_train, y_train, x_test, y_test, step, epoch, lr):
+    """One row per model, with `train.metrics`' keys."""
+    train_loss, train_acc = evaluate_packed(packed, x_train, y_train)
+    test_loss, test_acc = evaluate_packed(packed, x_test, y_test)
+    return [dict(step=step, epoch=epoch, train_loss=train_loss[k], train_acc=train_acc[k],
+                 test_loss=test_loss[k], test_acc=test_acc[k], lr=lr)
+            for k in range(len(train_loss))]
+
+
+def classify_packed(configs: list[dict]):
+    """`classify` for K configs differing only in seed and rho. Yields (k, row); returns K
+    summaries (see the module docstring)."""
+    cfgs = [parse(train.ClassifyConfig, c) for c in configs]
+    check_packable(cfgs)
+    cfg = cfgs[0]
+    start = time.perf_counter()
+    built = [train.setup(c) for c in cfgs]  # each model's own subset, label noise and init
+    datas, modules = [d for d, _ in built], [m for _, m in built]
+    x_train, y_train, x_test, y_test = (torch.stack([getattr(d, name) for d in datas])
+                                        for name in ("x_train", "y_train", "x_test", "y_test"))
+    packed = Packed(modules)
+    device = x_train.device
+    rho = torch.tensor([c.rho for c in cfgs], device=device)
+    is_sam = any(c.rho > 0 for c in cfgs)
+    opt = train.make_optimizer(dataclasses.replace(cfg, rho=0.0), packed.params)
+    k_models, n = y_train.shape
+    per_epoch = train.steps_per_epoch(n, cfg.batch_size)
+    scheduler = train.make_scheduler(cfg, opt, per_epoch * cfg.epochs)
+    generators = [torch.Generator().manual_seed(c.seed) for c in cfgs]
+    # each model's batch is gathered from its own rows of the flattened (K * n, ...) data by one
+    # index_select, several times cheaper than 2-D advanced indexing
+    x_flat, y_flat = x_train.flatten(0, 1), y_train.flatten()
+    offsets = torch.arange(k_models, device=device)[:, None] * n
+    bs = n if cfg.batch_size == 0 else cfg.batch_size
+    autocast = ((lambda: torch.autocast(device.type, dtype=torch.bfloat16))
+                if cfg.amp == "bf16" else nullcontext)
+    failed: dict[int, FloatingPointError] = {}
+
+    def emit(rows):
+        for k, row in enumerate(rows):
+            if k not in failed:
+                yield k, row
+
+    step = 0
+    yield from emit(packed_metrics(packed, x_train, y_train, x_test, y_test, step, 0,
+                                   opt.param_groups[0]["lr"]))
+    for epoch in range(1, cfg.epochs + 1):
+        orders = torch.stack([torch.randperm(n, generator=g) for g in generators]).to(device)
+        orders += offsets
+        total = torch.zeros(k_models, device=device)
+        for i in range(0, n, bs):
+            idx = orders[:, i:i + bs].reshape(-1)
+            xb = x_flat.index_select(0, idx).view(k_models, -1, *x_flat.shape[1:])
+            yb = y_flat.index_select(0, idx).view(k_models, -1)
+            with autocast():
+                losses = packed.losses(xb, yb)
+            losses.sum().backward()  # models are independent: each gets its own gradient
+            if is_sam:
+                with torch.no_grad():
+                    saved = [param.detach().clone() for param in packed.params]
+                    eps = packed_perturbation(packed.params, rho, cfg.sam_p, cfg.adaptive)
+                    torch._foreach_add_(packed.params, eps)
+                opt.zero_grad(set_to_none=True)
+                with autocast():
+                    packed.losses(xb, yb).sum().backward()
+                with torch.no_grad():
+                    torch._foreach_copy_(packed.params, saved)
+            if cfg.grad_clip > 0:  # on the gradient that is applied: SAM's second pass
+                clip_per_model(packed.params, cfg.grad_clip)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if scheduler is not None:
+                scheduler.step()
+            total += losses.detach().float()
+        step += per_epoch
+        for k in torch.nonzero(~torch.isfinite(total)).flatten().tolist():  # one sync per epoch
+            if k not in failed:
+                failed[k] = FloatingPointError(f"train loss is {total[k].item()} in epoch {epoch} "
+                                               f"(step {step}); lower lr or rho")
+        if len(failed) == k_models:
+            break
+        if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
+            yield from emit(packed_metrics(packed, x_train, y_train, x_test, y_test, step, epoch,
+                                           opt.param_groups[0]["lr"]))
+    share = (time.perf_counter() - start) / k_models
+    summaries = []
+    for k, (c, data, module) in enumerate(zip(cfgs, datas, modules)):
+        if k in failed:
+            summaries.append(failed[k])
+            continue
+        summary = dict(n_params=models.count_params(module), train_s=share, pack_size=k_models)
+        if c.measure_sharpness:
+            summary.update(train.measure_sharpness(c, packed.load_into(k, module), data))
+        summaries.append(summary)
+    return summaries
