@@ -6,11 +6,6 @@ initial weights, alternating base and SAM epochs; the ratio is the median over r
 forward-backward passes make 2.0 the limit (less where the optimizer step is a visible share);
 the goal is <= 2.05.
 
-The "foreach eps" row times the fix proposed for sam_lab/optim.py (see `ForeachSAM`): the same
-p = 2 perturbation from `torch._foreach_*` ops, a constant number of kernel launches instead of
-about ten per parameter tensor, and no host sync. It is checked against `SAM.perturbation()`
-before timing.
-
     .venv/bin/python bench/sam_step.py [--threads 1] [--repeats 7] [--steps 20]
 """
 
@@ -33,42 +28,6 @@ CASES = [("mlp", 64), ("mlp", 256), ("cnn5", 16)]  # double-descent sizes on MNI
 BATCH = 100
 
 
-class ForeachSAM(SAM):
-    """SAM whose first step and restore use `torch._foreach_*` ops (the proposal for optim.py).
-    Here only p = 2 and one param group (what the sweeps use)."""
-
-    @torch.no_grad()
-    def first_step(self, zero_grad=False):
-        group = self.param_groups[0]
-        params = [p for p in group["params"] if p.grad is not None]
-        grads = [p.grad for p in params]
-        norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads, 2)))
-        # a zero or non-finite norm gives eps = 0, as in SAM.perturbation (no host sync)
-        scale = torch.where(torch.isfinite(norm) & (norm > 0), group["rho"] / norm, 0.0)
-        self._saved = [p.clone() for p in params]
-        self._params = params
-        torch._foreach_add_(params, torch._foreach_mul(grads, scale))
-        if zero_grad:
-            self.zero_grad()
-
-    @torch.no_grad()
-    def restore(self):
-        if getattr(self, "_params", None):
-            torch._foreach_copy_(self._params, self._saved)
-            self._params = None
-
-
-def _check_foreach_eps(model):
-    """ForeachSAM moves the weights by SAM.perturbation()'s eps (to float tolerance)."""
-    probe = copy.deepcopy(model)
-    for p in probe.parameters():
-        p.grad = torch.randn_like(p)
-    want = [p.detach() + e for p, e in SAM(probe.parameters(), torch.optim.SGD, lr=0.1).perturbation()]
-    ForeachSAM(probe.parameters(), torch.optim.SGD, lr=0.1).first_step()
-    for got, w in zip(probe.parameters(), want):
-        torch.testing.assert_close(got.detach(), w)
-
-
 def time_epoch(model, opt, x, y):
     """CPU seconds of one epoch: unlike wall time, not inflated while other processes run."""
     start = time.process_time()
@@ -81,12 +40,9 @@ def bench_case(name, width, repeats, steps):
     y = torch.randint(0, 10, (steps * BATCH,))
     torch.manual_seed(0)
     init = models.build(name, (1, 40), 10, width)
-    _check_foreach_eps(init)
     kinds = {
         "base": lambda m: torch.optim.SGD(m.parameters(), lr=0.01, momentum=0.9),
         "sam": lambda m: SAM(m.parameters(), torch.optim.SGD, rho=0.05, lr=0.01, momentum=0.9),
-        "sam, foreach eps": lambda m: ForeachSAM(m.parameters(), torch.optim.SGD, rho=0.05,
-                                                 lr=0.01, momentum=0.9),
     }
     runs = {}
     for kind, make in kinds.items():
@@ -118,9 +74,7 @@ def main():
         n_params = models.count_params(models.build(name, (1, 40), 10, width))
         base, medians, ratios = bench_case(name, width, args.repeats, args.steps)
         line = (f"{name:5s} width {width:3d} ({n_params:7d} params): base {1e3 * base:.2f} ms/step"
-                f" | sam {1e3 * medians['sam']:.2f} ms, ratio {ratios['sam']:.2f}"
-                f" | foreach eps {1e3 * medians['sam, foreach eps']:.2f} ms, ratio "
-                f"{ratios['sam, foreach eps']:.2f}")
+                f" | sam {1e3 * medians['sam']:.2f} ms, ratio {ratios['sam']:.2f}")
         print(line, flush=True)
         lines.append(line)
     OUT.mkdir(exist_ok=True)

@@ -35,6 +35,44 @@ import torch
 from torch import nn
 
 
+def per_model(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """A (K,) tensor shaped to broadcast against a stacked (K, ...) tensor."""
+    return values.view(-1, *[1] * (like.ndim - 1))
+
+
+def unit_ascent(us: list[torch.Tensor], p: float) -> list[torch.Tensor]:
+    """Per model k (the leading dim of every tensor): the d_k on the unit p-ball maximising
+    <u_k, d_k>, i.e. sign(u) |u|^(q-1) / (||u||_q^q)^(1/p) with 1/p + 1/q = 1, the norm taken
+    over all of model k's tensors. A model whose u is zero or non-finite gets d = 0.
+
+    SAM uses it with K = 1 (except for p = 2, which has a fused path); sam_lab.vectorized uses
+    it for K stacked models, each with its own norm.
+    """
+    # Normalise by each model's largest |u| first: d is scale-invariant in u, and this keeps
+    # |u|^(q-1) and the q-norm finite for any q.
+    umax = torch.stack([torch.linalg.vector_norm(u.flatten(1), math.inf, dim=1) for u in us])
+    umax = umax.amax(0)
+    dead = ~torch.isfinite(umax) | (umax == 0)
+    umax = torch.where(dead, torch.ones_like(umax), umax)
+    if math.isinf(p):  # q = 1
+        directions = [u.sign() for u in us]
+    elif p == 1:  # q = inf: only each model's largest coordinates move
+        ties = [u.abs() == per_model(umax, u) for u in us]
+        count = sum(t.flatten(1).sum(1) for t in ties)
+        directions = [u.sign() * t / per_model(count, u) for u, t in zip(us, ties)]
+    else:
+        q = p / (p - 1)
+        scaled = [u / per_model(umax, u) for u in us]
+        norms = torch.stack([torch.linalg.vector_norm(s.flatten(1), q, dim=1) for s in scaled])
+        norm = torch.linalg.vector_norm(norms, q, dim=0) ** (q - 1)  # (sum |s|^q)^(1/p)
+        if q == 2:  # p = 2: sign(s) |s|^(q-1) is s itself; skip two kernels per tensor
+            directions = [s / per_model(norm, s) for s in scaled]
+        else:
+            directions = [s.sign() * s.abs() ** (q - 1) / per_model(norm, s) for s in scaled]
+    return [torch.where(per_model(dead, d), torch.zeros_like(d), d) for d in directions]
+
+
+
 class SAM(torch.optim.Optimizer):
     def __init__(self, params, base_optimizer, rho=0.05, p=2.0, adaptive=False, **base_kwargs):
         if not rho >= 0:
@@ -43,6 +81,7 @@ class SAM(torch.optim.Optimizer):
             raise ValueError(f"p must be in [1, inf], got {p}")
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
         self.p = float(p)
+        self._saved = None  # (params, their weights before first_step)
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
@@ -73,50 +112,34 @@ class SAM(torch.optim.Optimizer):
         items = self._ascent_direction()
         if not items:
             return []
-        # Normalise by the largest |u| first: eps is scale-invariant in u, and this keeps
-        # |u|^(q-1) and the q-norm finite for any q.
-        umax = torch.stack([u.abs().max() for _, u, _, _ in items]).max()
-        if not torch.isfinite(umax) or umax == 0:
-            return [(param, torch.zeros_like(param)) for param, *_ in items]
-        p = self.p
-        out = []
-        if math.isinf(p):  # q = 1
-            directions = [u.sign() for _, u, _, _ in items]
-        elif p == 1:  # q = inf: only the largest coordinates move
-            ties = [(u.abs() == umax) for _, u, _, _ in items]
-            count = sum(t.sum() for t in ties)
-            directions = [u.sign() * t / count for (_, u, _, _), t in zip(items, ties)]
+        params, us, scales, rhos = map(list, zip(*items))
+        if self.p == 2:  # the common case: fused kernels, and no host sync
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(us, 2)))
+            alive = torch.isfinite(norm) & (norm > 0)
+            eps = torch._foreach_mul(us, torch.where(alive, 1 / norm, torch.zeros_like(norm)))
         else:
-            q = p / (p - 1)
-            scaled = [(u / umax).abs() for _, u, _, _ in items]
-            norm = sum((s**q).sum() for s in scaled) ** (1 / p)
-            directions = [
-                u.sign() * s ** (q - 1) / norm for (_, u, _, _), s in zip(items, scaled)
-            ]
-        for (param, _, scale, rho), d in zip(items, directions):
-            eps = rho * d
-            if scale is not None:
-                eps = eps * scale.float()
-            out.append((param, eps.to(param.dtype)))
-        return out
+            eps = [d[0] for d in unit_ascent([u[None] for u in us], self.p)]
+        torch._foreach_mul_(eps, rhos)
+        eps = [e if s is None else e * s for e, s in zip(eps, scales)]
+        return [(param, e.to(param.dtype)) for param, e in zip(params, eps)]
 
     @torch.no_grad()
     def first_step(self, zero_grad=False):
         """w <- w + eps(w). Saves w so that second_step restores it exactly."""
-        for param, eps in self.perturbation():
-            self.state[param]["w"] = param.detach().clone()
-            param.add_(eps)
+        pairs = self.perturbation()
+        if pairs:
+            params, eps = map(list, zip(*pairs))
+            self._saved = (params, [param.detach().clone() for param in params])
+            torch._foreach_add_(params, eps)
         if zero_grad:
             self.zero_grad()
 
     @torch.no_grad()
     def restore(self):
         """Put back the weights saved by first_step (a no-op if nothing is saved)."""
-        for group in self.param_groups:
-            for param in group["params"]:
-                saved = self.state[param].pop("w", None)
-                if saved is not None:
-                    param.copy_(saved)
+        if self._saved is not None:
+            torch._foreach_copy_(*self._saved)
+            self._saved = None
 
     def second_step(self, zero_grad=False):
         """Restore w, then take the base optimizer's step with the gradient taken at w + eps."""

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import math
 import time
 from contextlib import nullcontext
 
@@ -41,6 +40,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from sam_lab import models, train
 from sam_lab.config import ConfigError, parse
+from sam_lab.optim import per_model, unit_ascent
 
 PACKABLE_KEYS = ("seed", "rho")
 PACKABLE_MODELS = ("mlp",)  # no BatchNorm
@@ -61,44 +61,6 @@ def check_packable(cfgs: list[train.ClassifyConfig]):
                                    f"({', '.join(PACKABLE_MODELS)}); got {first['model']}")
 
 
-def _per_model(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """A (K,) tensor shaped to broadcast against a stacked (K, ...) tensor."""
-    return values.view(-1, *[1] * (like.ndim - 1))
-
-
-def unit_ascent(us: list[torch.Tensor], p: float) -> list[torch.Tensor]:
-    """Per model k (the leading dim of every tensor): the d_k on the unit p-ball maximising
-    <u_k, d_k>, i.e. sign(u) |u|^(q-1) / (||u||_q^q)^(1/p) with 1/p + 1/q = 1, the norm taken
-    over all of model k's tensors. A model whose u is zero or non-finite gets d = 0.
-
-    This is `SAM.perturbation()`'s closed form (sam_lab/optim.py) for stacked models, including
-    its choices (the normalisation by max |u|, ties at p = 1, d = 0 for zero or non-finite u);
-    with K = 1 (each u unsqueezed) SAM can call it instead of keeping its own copy.
-    """
-    # Normalise by each model's largest |u| first: d is scale-invariant in u, and this keeps
-    # |u|^(q-1) and the q-norm finite for any q.
-    umax = torch.stack([torch.linalg.vector_norm(u.flatten(1), math.inf, dim=1) for u in us])
-    umax = umax.amax(0)
-    dead = ~torch.isfinite(umax) | (umax == 0)
-    umax = torch.where(dead, torch.ones_like(umax), umax)
-    if math.isinf(p):  # q = 1
-        directions = [u.sign() for u in us]
-    elif p == 1:  # q = inf: only each model's largest coordinates move
-        ties = [u.abs() == _per_model(umax, u) for u in us]
-        count = sum(t.flatten(1).sum(1) for t in ties)
-        directions = [u.sign() * t / _per_model(count, u) for u, t in zip(us, ties)]
-    else:
-        q = p / (p - 1)
-        scaled = [u / _per_model(umax, u) for u in us]
-        norms = torch.stack([torch.linalg.vector_norm(s.flatten(1), q, dim=1) for s in scaled])
-        norm = torch.linalg.vector_norm(norms, q, dim=0) ** (q - 1)  # (sum |s|^q)^(1/p)
-        if q == 2:  # p = 2: sign(s) |s|^(q-1) is s itself; skip two kernels per tensor
-            directions = [s / _per_model(norm, s) for s in scaled]
-        else:
-            directions = [s.sign() * s.abs() ** (q - 1) / _per_model(norm, s) for s in scaled]
-    return [torch.where(_per_model(dead, d), torch.zeros_like(d), d) for d in directions]
-
-
 @torch.no_grad()
 def packed_perturbation(params: list[torch.Tensor], rho: torch.Tensor, p: float,
                         adaptive: bool) -> list[torch.Tensor]:
@@ -109,20 +71,20 @@ def packed_perturbation(params: list[torch.Tensor], rho: torch.Tensor, p: float,
           for param, s in zip(params, scales)]
     eps = []
     for param, d, s in zip(params, unit_ascent(us, p), scales):
-        e = _per_model(rho, d) * d
+        e = per_model(rho, d) * d
         eps.append((e if s is None else e * s).to(param.dtype))
     return eps
 
 
 @torch.no_grad()
-def clip_per_model(params: list[torch.Tensor], max_norm: float):
+def clipper_model(params: list[torch.Tensor], max_norm: float):
     """`clip_grad_norm_(model.parameters(), max_norm)` for each model of the stack."""
     grads = [param.grad for param in params]
     norms = torch.stack([torch.linalg.vector_norm(g.flatten(1), dim=1) for g in grads])
     total = torch.linalg.vector_norm(norms, dim=0)
     coef = (max_norm / (total + 1e-6)).clamp(max=1.0)
     for g in grads:
-        g.mul_(_per_model(coef, g))
+        g.mul_(per_model(coef, g))
 
 
 class Packed:
@@ -242,7 +204,7 @@ def classify_packed(configs: list[dict]):
                 with torch.no_grad():
                     torch._foreach_copy_(packed.params, saved)
             if cfg.grad_clip > 0:  # on the gradient that is applied: SAM's second pass
-                clip_per_model(packed.params, cfg.grad_clip)
+                clipper_model(packed.params, cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             if scheduler is not None:
