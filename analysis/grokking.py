@@ -48,8 +48,9 @@ def make_figures(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict, out_dir
             title = _label(dict(zip(rest, part)), rest)
             suffix = f"_{_slug(title)}" if title else ""
             summary = _summarise(sub, [x, y])
-            paths.append(_steps_heatmap(summary, x, y, title, out_dir, f"grok_steps_{x}_{y}{suffix}"))
-            paths.append(_phase_map(summary, x, y, title, out_dir, f"grok_phase_{x}_{y}{suffix}"))
+            stem = f"{x}_{y}{suffix}"
+            paths.append(_steps_heatmap(summary, x, y, title, out_dir, f"grok_steps_{stem}"))
+            paths.append(_phase_map(summary, x, y, title, out_dir, f"grok_phase_{stem}"))
     if ok["seed"].nunique() > 1:
         paths.append(_seed_spread(ok, out_dir))
     return paths
@@ -147,13 +148,14 @@ def _curves(trials, curves, out_dir) -> list[Path]:
     data = curves.merge(trials[["trial_id", "cell", "seed"]], on="trial_id")
     if data.empty:  # nothing finished, or no curve files
         return []
-    acc = data.melt(id_vars=["trial_id", "cell", "seed", "step"], value_vars=["train_acc", "test_acc"],
-                    var_name="split", value_name="accuracy")
+    acc = data.melt(id_vars=["trial_id", "cell", "seed", "step"],
+                    value_vars=["train_acc", "test_acc"], var_name="split", value_name="accuracy")
     acc["split"] = acc["split"].str.removesuffix("_acc")
     order = list(dict.fromkeys(trials["cell"]))
     g = sns.relplot(data=acc, kind="line", x="step", y="accuracy", hue="seed", style="split",
                     style_order=["test", "train"], units="trial_id", estimator=None, col="cell",
-                    col_order=order, col_wrap=min(len(order), 4), height=2.6, aspect=1.3, palette="tab10",
+                    col_order=order, col_wrap=min(len(order), 4), height=2.6, aspect=1.3,
+                    palette="tab10",
                     facet_kws=dict(sharex=True, sharey=True))
     g.set(xscale="log", ylim=(-0.02, 1.02))
     g.set_titles("{col_name}", size=8)

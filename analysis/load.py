@@ -33,8 +33,9 @@ def trials(sweep_dir, latest: bool = True) -> pd.DataFrame:
     return df
 
 
-def curves(sweep_dir, trial_ids=None) -> pd.DataFrame:
-    """All curve files as one table (columns missing in some files are null there)."""
+def curves(sweep_dir, trial_ids=None, columns=None) -> pd.DataFrame:
+    """All curve files as one table (columns missing in some files are null there). `columns`
+    reads only those (trial_id is always kept): much less memory on large sweeps."""
     files = sorted((Path(sweep_dir) / "curves").glob("*.parquet"))
     if trial_ids is not None:
         wanted = set(trial_ids)
@@ -42,4 +43,6 @@ def curves(sweep_dir, trial_ids=None) -> pd.DataFrame:
     if not files:
         return pd.DataFrame(columns=["trial_id", "step", "epoch"])
     schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
-    return ds.dataset(files, schema=schema, format="parquet").to_table().to_pandas()
+    if columns is not None:
+        columns = ["trial_id"] + [c for c in columns if c != "trial_id"]
+    return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns).to_pandas()

@@ -26,18 +26,21 @@ def make_figures(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict,
     varying = [k for k in spec.get("grid", {})
                if k in trials and k not in ("seed", "rho") and trials[k].nunique() > 1]
     x = "width" if "width" in varying else (varying[0] if varying else "rho")
+    hue = "rho" if x != "rho" else None  # a sweep of rho alone puts rho on the x axis
     rest = [k for k in varying if k != x]
     long = trials.assign(test_err=1 - trials["test_acc"]).melt(
-        id_vars=[x, "rho", *rest], value_vars=list(MEASURES), var_name="measure")
+        id_vars=list(dict.fromkeys([x, "rho", *rest])), value_vars=list(MEASURES),
+        var_name="measure")
     long["measure"] = long["measure"].map(MEASURES)
-    rhos = [str(r) for r in sorted(trials["rho"].unique())]
-    long["rho"] = pd.Categorical(long["rho"].map(str), rhos)  # distinct colours, not a ramp
+    if hue:
+        rhos = [str(r) for r in sorted(trials["rho"].unique())]
+        long["rho"] = pd.Categorical(long["rho"].map(str), rhos)  # distinct colours, not a ramp
     groups = long.groupby(rest, sort=True) if rest else [((), long)]
     out = []
     for values, sub in groups:
         values = values if isinstance(values, tuple) else (values,)
         suffix = "".join(f"_{k}{v}" for k, v in zip(rest, values))
-        g = sns.relplot(data=sub, x=x, y="value", hue="rho", col="measure", kind="line",
+        g = sns.relplot(data=sub, x=x, y="value", hue=hue, col="measure", kind="line",
                         markers=True, dashes=False, errorbar=("ci", 95), height=2.8,
                         facet_kws=dict(sharey=False))
         g.set_titles("{col_name}")
