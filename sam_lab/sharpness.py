@@ -21,7 +21,8 @@ Choices:
   left it. Radial rescaling is the exact projection for p = 2 and a feasible (not nearest) point
   for other p. One step is exactly SAM's perturbation. The best iterate counts (every iterate is
   feasible, so each is a lower bound on the true max); eps = 0 is the first, so the value is >= 0.
-  adaptive=True measures ASAM's ball ||eps / T_w||_p <= rho with SAM's T_w.
+  adaptive=True measures ASAM's ball ||eps / T_w||_p <= rho with SAM's T_w taken at the centre
+  w; each step's direction is SAM's at the current point.
 """
 
 from __future__ import annotations
@@ -177,7 +178,7 @@ def eps_sharpness(model, loss_fn, x, y, rho, p=2.0, steps=5, adaptive=False) -> 
     with measuring(model):
         params = _params(model)
         w = [q.detach().clone() for q in params]
-        scales = [q.abs() if adaptive and q.ndim >= 2 else None for q in params]  # SAM's T_w
+        scales = [q.detach().abs() if adaptive and q.ndim >= 2 else None for q in params]  # T_w
         total = [torch.zeros_like(q) for q in params]
         best = base = None
         for _ in range(steps):

@@ -56,7 +56,8 @@ class ClassifyConfig:
     adaptive: bool = False
     # bookkeeping
     eval_every: int = field(default=1, metadata=dict(ge=1))  # epochs
-    measure_sharpness: bool = False
+    measure_sharpness: bool = False  # lambda_max, hessian_trace, eps_sharpness at the end
+    sharpness_rho: float = field(default=0.05, metadata=dict(gt=0.0))  # one ball for every rho
     seed: int = field(default=0, metadata=dict(ge=0))
     device: str = field(default="auto", metadata=dict(choices=("auto", "cpu", "cuda")))
     amp: str = field(default="off", metadata=dict(choices=("off", "bf16")))
@@ -223,4 +224,4 @@ def measure_sharpness(cfg, model, data):
 
     n = min(1000, len(data.y_train))  # a fixed subset: the first n training points
     return sharpness.measure(model, F.cross_entropy, data.x_train[:n], data.y_train[:n],
-                             rho=cfg.rho or 0.05, p=cfg.sam_p)
+                             rho=cfg.sharpness_rho, p=cfg.sam_p)

@@ -1,10 +1,12 @@
 import copy
 
+import pandas as pd
 import pytest
 import torch
 from torch import nn
 
-from sam_lab import curves
+from analysis import connect as analysis_connect
+from sam_lab import curves, landscape
 from sam_lab.config import ConfigError, parse
 from sam_lab.train import evaluate, setup
 from sam_lab.trials import connect
@@ -14,6 +16,15 @@ MLP = dict(dataset="digits", model="mlp", width=64, epochs=20, lr=0.05, curve_lr
            curve_epochs=40, threads=1)
 BN_CNN = dict(dataset="digits", model="cnn5", width=4, epochs=5, lr=0.05, curve_lr=0.05,
               curve_epochs=5, threads=1)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: one intra-op thread per test process, as trials use."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _run(config):
@@ -59,11 +70,16 @@ def test_bad_config_fails_before_any_work():
 
 
 def test_bezier_curve_removes_the_linear_barrier_on_an_mlp():
-    rows, s = _run(dict(MLP, curve="bezier"))
-    assert [r["path"] for r in rows] == ["linear"] * 61 + ["curve"] * 61
-    assert [r["step"] for r in rows] == list(range(122))
-    assert rows[0]["t"] == 0.0 and rows[60]["t"] == 1.0
-    assert rows[0]["test_err"] == rows[61]["test_err"] == pytest.approx(s["test_err_a"])
+    rows, s = _run(dict(MLP, curve="bezier", plane_points=3, landscape_points=3))
+    paths = ["plane"] * 9 + ["landscape"] * 9 + ["linear"] * 61 + ["curve"] * 61
+    assert [r["path"] for r in rows] == paths
+    assert [r["step"] for r in rows] == list(range(len(paths)))
+    assert rows[13]["u"] == rows[13]["v"] == 0 and rows[13]["test_err"] == s["test_err_a"]
+    line, curve = rows[18:79], rows[79:]
+    assert line[0]["t"] == 0.0 and line[-1]["t"] == 1.0
+    assert line[0]["test_err"] == curve[0]["test_err"] == pytest.approx(s["test_err_a"])
+    # B sits at (|B - A|, 0) on the plane; the landscape's centre is A
+    assert (line[-1]["u"], line[-1]["v"]) == pytest.approx((s["length_linear"], 0), abs=1e-4)
     assert s["barrier_loss_linear"] > 0.1  # the straight line does cross a ridge
     assert s["barrier_loss_linear"] >= 5 * s["barrier_loss_curve"]
     assert s["max_err_curve"] <= max(s["test_err_a"], s["test_err_b"]) + 0.02
@@ -105,3 +121,59 @@ def test_endpoints_load_from_checkpoints(tmp_path):
     assert s["train_loss_b"] == pytest.approx(expected)
     assert len(rows) == 6
     assert _run(config)[1] | {"train_s": 0} == s | {"train_s": 0}  # reproducible
+
+
+def test_filter_normalized_direction_matches_filter_norms():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(2, 5, 3), nn.BatchNorm2d(5), nn.Conv1d(5, 4, 3),
+                          nn.Linear(40, 3))  # 4-, 3- and 2-D weights; never run
+    d = landscape.filter_normalized_direction(model, torch.Generator().manual_seed(0))
+    i = 0
+    for p in model.parameters():
+        part = d[i:i + p.numel()].view_as(p)
+        i += p.numel()
+        if p.ndim <= 1:
+            assert not part.any()  # biases and BN affine stay put
+        else:
+            flat = lambda a: a.detach().flatten(1)  # noqa: E731  (one row per filter)
+            assert torch.allclose(flat(part).norm(dim=1), flat(p).norm(dim=1), rtol=1e-5)
+
+
+def test_bezier_curve_lies_in_the_plane_of_its_control_points():
+    torch.manual_seed(0)
+    w0, w1 = torch.randn(10), torch.randn(10)
+    curve = curves.Curve(nn.Linear(3, 2, bias=False).requires_grad_(False), w0[:6], w1[:6])
+    with torch.no_grad():
+        curve.bends.add_(torch.randn_like(curve.bends))
+    e1, e2 = landscape.plane_basis(w0[:6], w1[:6], curve.bends[0].detach())
+    assert float(e1 @ e2) == pytest.approx(0, abs=1e-6)
+    assert landscape.plane_coordinates(w1[:6], w0[:6], e1, e2)[1] == pytest.approx(0, abs=1e-6)
+    point = curve.point(0.3).detach()
+    u, v = landscape.plane_coordinates(point, w0[:6], e1, e2)
+    assert torch.allclose(w0[:6] + u * e1 + v * e2, point, atol=1e-5)
+
+    net = copy.deepcopy(curve.model)
+    metric = lambda m: float(m.weight.abs().sum())  # noqa: E731
+    rows = list(landscape.grid(net, w0[:6], e1, e2, [0.0, u], [0.0, v], metric))
+    assert [(r[0], r[1]) for r in rows] == [(0.0, 0.0), (u, 0.0), (0.0, v), (u, v)]
+    assert rows[0][2] == pytest.approx(float(w0[:6].abs().sum()))
+    assert rows[3][2] == pytest.approx(float(point.abs().sum()), rel=1e-5)
+
+
+def test_figures_from_a_tiny_sweep(tmp_path):
+    """Pinned frames (trials.parquet / curves rows) from 2 tiny trials -> every connect figure."""
+    tiny = dict(MLP, width=8, epochs=2, curve_epochs=1, points=5, plane_points=3,
+                landscape_points=3)
+    trials, curve_rows = [], []
+    for i, rho in enumerate((0.0, 0.05)):
+        rows, summary = _run(dict(tiny, rho=rho))
+        trials.append(dict(trial_id=f"t{i}", seed=0, curve="bezier", width=8, rho=rho, **summary))
+        curve_rows += [dict(trial_id=f"t{i}", **r) for r in rows]
+    spec = dict(name="tiny", experiment="connect", grid=dict(width=[8], rho=[0.0, 0.05]))
+    paths = analysis_connect.make_figures(pd.DataFrame(trials), pd.DataFrame(curve_rows), spec,
+                                          tmp_path)
+    names = {p.name for p in paths}
+    assert names == {"connect_paths_train_loss.png", "connect_paths_test_err.png",
+                     "connect_barriers.png", "connect_plane.png", "connect_landscape.png",
+                     "connect_landscape_1d.png"}
+    assert all(p.stat().st_size > 0 and p.with_suffix(".svg").exists() for p in paths)

@@ -1,12 +1,26 @@
 import math
+from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from torch import nn
 from torch.func import functional_call, hessian
 
 from sam_lab import sharpness
+from sam_lab.train import classify
+
+SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: one intra-op thread per test process, as trials use."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def _trained_tiny_mlp():
@@ -41,12 +55,12 @@ def test_power_iteration_and_hutchinson_match_full_hessian():
     by_magnitude = eig[eig.abs().argsort(descending=True)]
     assert by_magnitude[0] == eig[-1] > 0  # near a minimum the dominant eigenvalue is lambda_max
 
-    top = sharpness.lambda_max(model, F.cross_entropy, x, y, iters=500, tol=1e-7)
+    top = sharpness.lambda_max(model, F.cross_entropy, x, y, iters=100, tol=1e-6)
     assert top == pytest.approx(float(eig[-1]), rel=0.01)
-    top3 = sharpness.top_eigenvalues(model, F.cross_entropy, x, y, k=3, iters=500, tol=1e-7)
+    top3 = sharpness.top_eigenvalues(model, F.cross_entropy, x, y, k=3, iters=100, tol=1e-6)
     assert top3 == pytest.approx(by_magnitude[:3].tolist(), rel=0.01)
 
-    trace = sharpness.hessian_trace(model, F.cross_entropy, x, y, probes=500)
+    trace = sharpness.hessian_trace(model, F.cross_entropy, x, y, probes=1000)
     assert trace == pytest.approx(float(eig.sum()), rel=0.05)
 
 
@@ -120,3 +134,23 @@ def test_measure_leaves_model_grads_modes_and_rng_as_found():
     assert torch.equal(torch.get_rng_state(), rng)
     again = sharpness.measure(model, F.cross_entropy, x, y, rho=0.05, iters=20, probes=10, steps=3)
     assert again == m  # deterministic given the seed
+
+
+@pytest.mark.slow
+def test_sam_ends_flatter_than_sgd_at_every_width():
+    """sweeps/sam_sharpness.yaml on a reduced grid (widths 32 and 128, seed 0): ~1 min."""
+    with open(SWEEPS / "sam_sharpness.yaml") as f:
+        base = yaml.safe_load(f)["base"]
+    for width in (32, 128):
+        ends = {}
+        for rho in (0.0, 0.05):
+            run = classify(dict(base, width=width, rho=rho, eval_every=base["epochs"]))
+            try:
+                while True:
+                    last = next(run)
+            except StopIteration as stop:
+                ends[rho] = {**last, **stop.value}
+        sgd, sam = ends[0.0], ends[0.05]
+        assert sgd["train_loss"] < 0.02 and sam["train_loss"] < 0.02  # both at a minimum
+        assert sam["lambda_max"] < 0.85 * sgd["lambda_max"], (width, sam, sgd)
+        assert sam["test_acc"] >= sgd["test_acc"] - 0.01

@@ -23,18 +23,30 @@ train_err, test_loss, test_err. The trial returns
   {train_loss,test_err}_{a,b}        the endpoints, with their own BN statistics
 and, with measure_sharpness, lambda_max, hessian_trace, eps_sharpness averaged over A and B.
 `eval_every` does not apply: endpoint training yields no rows.
+
+Pictures (sam_lab.landscape), each an n x n grid of rows with t = nan and coordinates u, v:
+  plane_points: n      path "plane": the plane through A, B and the middle bend, in Euclidean
+                       weight-space units (origin A, u along B - A), control points plus 20%
+                       margins; the linear and curve rows then also carry their own u, v.
+  landscape_points: n  path "landscape": A + u d1 + v d2 with two filter-normalized random
+                       directions (Li et al.), u, v in [-1, 1]; with odd n, A is on the grid and
+                       the v = 0 row is the 1-D slice.
+Both recompute BN statistics at every grid point. Grid rows come first, path rows last, so the
+trial's last row is t = 1 on the curve.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
+import math
 import os
 import time
 
 import torch
 
-from sam_lab import curves, models
+from sam_lab import curves, landscape, models
 from sam_lab.config import ConfigError, field, parse
 from sam_lab.train import (
     ClassifyConfig,
@@ -56,11 +68,16 @@ class Config(ClassifyConfig):
     curve_epochs: int = field(default=20, metadata=dict(ge=1))
     curve_lr: float = field(default=0.01, metadata=dict(gt=0.0))
     points: int = field(default=61, metadata=dict(ge=3))  # evaluated t per path
+    plane_points: int = field(default=0, metadata=dict(ge=0))  # n x n plane grid; 0 = off
+    landscape_points: int = field(default=0, metadata=dict(ge=0))  # n x n around A; 0 = off
     endpoint_a: str | None = None
     endpoint_b: str | None = None
 
     def check(self):
         super().check()
+        for key in ("plane_points", "landscape_points"):
+            if getattr(self, key) == 1:
+                raise ConfigError(key, "got 1; allowed: 0 (off) or >= 2 points per side")
         if self.seed_b is not None and self.seed_b == self.seed and self.endpoint_b is None:
             raise ConfigError("seed_b", f"equals seed ({self.seed}): both endpoints would be the "
                                         "same network")
@@ -103,21 +120,38 @@ def _train_curve(cfg, curve, data):
                                      f"{epoch}; lower curve_lr")
 
 
-def walk(path: curves.Curve, data, points: int, recompute_bn=True):
-    """Evaluate `points` evenly spaced t: a list of (t, train_loss, train_err, test_loss,
-    test_err), and the Euclidean lengths of the points - 1 segments between them."""
-    bn_data = data.x_train if recompute_bn and curves.has_batchnorm(path.model) else None
+def _metrics(net, data) -> dict:
+    train_loss, train_acc = evaluate(net, data.x_train, data.y_train)
+    test_loss, test_acc = evaluate(net, data.x_test, data.y_test)
+    return dict(train_loss=train_loss, train_err=1 - train_acc, test_loss=test_loss,
+                test_err=1 - test_acc)
+
+
+def walk(path: curves.Curve, data, points: int, plane=None):
+    """Evaluate `points` evenly spaced t, BN recomputed at each: rows of t and _metrics (and
+    plane coordinates u, v if plane = (w0, e1, e2) is given), and the Euclidean lengths of the
+    segments between consecutive points."""
+    bn_data = data.x_train if curves.has_batchnorm(path.model) else None
     rows, lengths, previous = [], [], None
     for t in torch.linspace(0, 1, points).tolist():
-        net = path.at(t, bn_data=bn_data)
-        train_loss, train_acc = evaluate(net, data.x_train, data.y_train)
-        test_loss, test_acc = evaluate(net, data.x_test, data.y_test)
-        rows.append((t, train_loss, 1 - train_acc, test_loss, 1 - test_acc))
+        row = dict(t=t, **_metrics(path.at(t, bn_data=bn_data), data))
         current = path.point(t).detach()
+        if plane is not None:
+            row["u"], row["v"] = landscape.plane_coordinates(current, *plane)
         if previous is not None:
             lengths.append(float((current - previous).norm()))
         previous = current
+        rows.append(row)
     return rows, lengths
+
+
+def _plane_grid(curve, n, plane):
+    """n x n points on the plane through w0, w1 and the middle bend, margins included."""
+    w0, e1, e2 = plane
+    controls = curve.control_points().detach()
+    corners = [landscape.plane_coordinates(w, w0, e1, e2) for w in controls]
+    (u_lo, u_hi), (v_lo, v_hi) = landscape.plane_extent(corners)
+    return w0, e1, e2, torch.linspace(u_lo, u_hi, n), torch.linspace(v_lo, v_hi, n)
 
 
 def run(config: dict):
@@ -143,16 +177,35 @@ def run(config: dict):
     line = curves.Curve(copy.deepcopy(model_a), w0, w1, kind="polychain", num_bends=2)
     curve = curves.Curve(copy.deepcopy(model_a), w0, w1, kind=cfg.curve, num_bends=cfg.num_bends)
     _train_curve(cfg, curve, data)
+    plane = None
+    if cfg.plane_points:
+        middle_bend = curve.bends[(cfg.num_bends - 3) // 2].detach()
+        plane = (w0, *landscape.plane_basis(w0, w1, middle_bend))
 
-    step = 0
-    for name, path in (("linear", line), ("curve", curve)):
-        rows, lengths = walk(path, data, cfg.points)
-        for t, train_loss, train_err, test_loss, test_err in rows:
-            yield dict(step=step, path=name, t=t, train_loss=train_loss, train_err=train_err,
-                       test_loss=test_loss, test_err=test_err)
+    grids = []
+    if cfg.plane_points:
+        grids.append(("plane", *_plane_grid(curve, cfg.plane_points, plane)))
+    if cfg.landscape_points:
+        generator = torch.Generator().manual_seed(cfg.seed)
+        d1, d2 = (landscape.filter_normalized_direction(model_a, generator) for _ in range(2))
+        span = torch.linspace(-1, 1, cfg.landscape_points)
+        grids.append(("landscape", w0, d1, d2, span, span))
+    metrics_fn = functools.partial(_metrics, data=data)
+    step = 0  # grids first, so the last row (merged into trials.parquet) is B, on the curve
+    for name, origin, d1, d2, us, vs in grids:
+        points = landscape.grid(copy.deepcopy(model_a), origin, d1, d2, us, vs, metrics_fn,
+                                bn_data=data.x_train)
+        for u, v, metrics in points:
+            yield dict(step=step, path=name, t=math.nan, u=u, v=v, **metrics)
             step += 1
-        train_losses = [r[1] for r in rows]
-        test_errs = [r[4] for r in rows]
+
+    for name, path in (("linear", line), ("curve", curve)):
+        rows, lengths = walk(path, data, cfg.points, plane)
+        for row in rows:
+            yield dict(step=step, path=name, **row)
+            step += 1
+        train_losses = [r["train_loss"] for r in rows]
+        test_errs = [r["test_err"] for r in rows]
         summary[f"barrier_loss_{name}"] = curves.barrier(train_losses)
         summary[f"barrier_err_{name}"] = curves.barrier(test_errs)
         summary[f"mean_loss_{name}"] = curves.length_weighted_mean(train_losses, lengths)
