@@ -79,7 +79,10 @@ def _log_axis(ax, values: pd.Series):
     """Log x with the grid's own values as ticks, when the values span a factor of 8 or more."""
     v = pd.to_numeric(values, errors="coerce")
     if v.notna().all() and v.min() > 0 and v.max() / v.min() >= 8:
-        ticks = sorted(v.unique())
+        ticks = []
+        for t in sorted(v.unique()):  # the grid's values, thinned so that labels don't overlap
+            if not ticks or t / ticks[-1] >= 1.4:
+                ticks.append(t)
         ax.set_xscale("log")
         ax.set_xticks(ticks, labels=[f"{t:g}" for t in ticks])
         ax.xaxis.set_minor_locator(NullLocator())

@@ -36,9 +36,9 @@ def test_random_features_peak_at_n_train(tmp_path):
 
 @pytest.mark.slow
 def test_mnist1d_model_wise_double_descent(tmp_path):
-    """Study 1 on 6 widths x 2 seeds (the full spec has 19 widths x 3 seeds)."""
+    """Study 1 on 4 widths x 2 seeds (the full spec has 19 widths x 3 seeds)."""
     trials, figures = _sweep("sweeps/double_descent/mnist1d_width.yaml", tmp_path,
-                             "width=[8, 16, 32, 47, 64, 200]", "seeds=2", "eval_every=25")
+                             "width=[16, 47, 64, 128]", "seeds=2", "eval_every=25")
     by_width = trials.groupby("width")[["test_acc", "train_acc"]].mean()
     test_err = 100 * (1 - by_width.test_acc)
     interpolates = by_width.index[(1 - by_width.train_acc) <= 1e-3]
@@ -48,7 +48,7 @@ def test_mnist1d_model_wise_double_descent(tmp_path):
     peak = test_err.loc[classical_best:].idxmax()
     curve = test_err.round(1).to_dict()
     assert test_err[peak] >= test_err[classical_best] + 3, curve
-    assert test_err[peak] >= test_err.loc[200] + 3, curve
+    assert test_err[peak] >= test_err.loc[128] + 3, curve
     assert threshold / 2 <= peak <= threshold * 2, (peak, threshold, curve)
     assert "heatmap_width_x_epochs.png" in figures and "error_vs_width.png" in figures
 
