@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 
 HERE = Path(__file__).parent
-BENCHES = ["sam_step.py", "vmap_seeds.py", "analysis_scale.py"]
+BENCHES = ["sam_step.py", "vmap_seeds.py", "platform_overhead.py", "end_to_end.py",
+           "analysis_scale.py"]
 
 
 def machine() -> str:
