@@ -7,8 +7,9 @@
   where the median seed never got there marked "never" (the count that did is printed), and
   grok_phase_<x>_<y>: the most common Liu et al. phase per cell in four fixed colours.
   Any further grid keys split these into one figure per value.
-- With several seeds: grok_seed_spread, steps to test threshold per cell, a dot per seed and a box,
-  seeds that never generalized drawn as x on the step budget.
+- With several seeds: grok_seed_spread, steps to test threshold per cell, a dot per seed and a
+  box; seeds that never generalized are drawn as x on the step budget.
+Failed trials (e.g. a loss that went NaN) are counted in the heatmap cells' captions.
 """
 
 from __future__ import annotations
@@ -39,8 +40,12 @@ def make_figures(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict, out_dir
     trials = trials.assign(cell=trials.apply(lambda r: _label(r, grid), axis=1))
     ok = trials[trials["status"] == "ok"]
     paths = _curves(ok, curves, out_dir)
+    thresholds = trials["threshold"].unique()
+    steps_to = (f"steps to test accuracy >= {thresholds[0]:g}" if len(thresholds) == 1
+                else "steps to test threshold")
 
-    numeric = [k for k in grid if all(isinstance(v, numbers.Number) for v in spec["grid"][k])]
+    numeric = [k for k in grid if all(isinstance(v, numbers.Number) and not isinstance(v, bool)
+                                      for v in spec["grid"][k])]
     if len(numeric) >= 2:
         x, y = numeric[:2]
         rest = [k for k in grid if k not in (x, y)]
@@ -49,10 +54,11 @@ def make_figures(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict, out_dir
             suffix = f"_{_slug(title)}" if title else ""
             summary = _summarise(sub, [x, y])
             stem = f"{x}_{y}{suffix}"
-            paths.append(_steps_heatmap(summary, x, y, title, out_dir, f"grok_steps_{stem}"))
+            paths.append(_steps_heatmap(summary, x, y, steps_to, title, out_dir,
+                                        f"grok_steps_{stem}"))
             paths.append(_phase_map(summary, x, y, title, out_dir, f"grok_phase_{stem}"))
     if ok["seed"].nunique() > 1:
-        paths.append(_seed_spread(ok, out_dir))
+        paths.append(_seed_spread(ok, steps_to, out_dir))
     return paths
 
 
@@ -102,15 +108,17 @@ def _matrix(summary, x, y, values) -> pd.DataFrame:
     return m
 
 
-def _steps_heatmap(summary, x, y, title, out_dir, stem) -> Path:
+def _steps_heatmap(summary, x, y, steps_to, title, out_dir, stem) -> Path:
     steps, captions = _matrix(summary, x, y, "median_steps"), _counts(summary, x, y, "generalized")
     finite = steps.where(np.isfinite(steps))
     lo, hi = np.nanmin(finite.to_numpy(), initial=np.inf), np.nanmax(finite.to_numpy(), initial=0)
     if not np.isfinite(lo):  # nothing generalized anywhere: any range will do
         lo, hi = 1.0, 10.0
+    if hi < 10 * lo:  # widen a narrow range to whole decades, so the log colourbar has ticks
+        lo, hi = 10 ** np.floor(np.log10(lo)), 10 ** np.ceil(np.log10(hi * 1.0001))
     fig, ax = plt.subplots(figsize=(1.1 * steps.shape[1] + 2.5, 0.8 * steps.shape[0] + 1.5))
-    sns.heatmap(finite, mask=finite.isna(), norm=LogNorm(lo, max(hi, 1.01 * lo)), cmap="viridis",
-                ax=ax, cbar_kws=dict(label="steps to test threshold (median over seeds)"))
+    sns.heatmap(finite, mask=finite.isna(), norm=LogNorm(lo, hi), cmap="viridis",
+                ax=ax, cbar_kws=dict(label=f"{steps_to} (median over seeds)"))
     for i, row in enumerate(steps.index):
         for j, col in enumerate(steps.columns):
             value, caption = steps.loc[row, col], captions.loc[row, col]
@@ -170,7 +178,7 @@ def _curves(trials, curves, out_dir) -> list[Path]:
     return paths
 
 
-def _seed_spread(trials, out_dir) -> Path:
+def _seed_spread(trials, steps_to, out_dir) -> Path:
     order = list(dict.fromkeys(trials["cell"]))  # grid order: trials come sorted by grid keys
     reached = trials[trials["step_test_99"].notna()]
     never = trials[trials["step_test_99"].isna()]
@@ -182,7 +190,7 @@ def _seed_spread(trials, out_dir) -> Path:
     if not never.empty:
         ax.scatter([order.index(c) for c in never["cell"]], never["steps"], marker="x", color="red",
                    label="never (at step budget)", zorder=3)
-    ax.set(xlabel="", ylabel="steps to test threshold", title="Spread over seeds")
+    ax.set(xlabel="", ylabel=steps_to, title="Spread over seeds")
     plt.setp(ax.get_xticklabels(), rotation=30, ha="right", fontsize=8)
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", fontsize=7, title="seed")
     return save(fig, out_dir, "grok_seed_spread")

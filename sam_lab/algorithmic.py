@@ -1,4 +1,4 @@
-"""Algorithmic datasets `a op b mod p` (Power et al. 2022) and the token-pair models that learn them.
+"""Algorithmic datasets `a op b mod p` (Power et al. 2022) and token-pair models that learn them.
 
     pairs, labels = make_pairs("x/y", 97)        # every (a, b), b != 0 for division
     train_idx, test_idx = split(len(labels), 0.5, seed=0)
@@ -42,7 +42,7 @@ def is_prime(n: int) -> bool:
 
 
 def make_pairs(operation: str, p: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """All pairs (a, b) in Z_p x Z_p (b != 0 for x/y) as an (n, 2) int64 tensor, and their labels."""
+    """Every pair (a, b) in Z_p x Z_p (b != 0 for x/y) as an (n, 2) int64 tensor, and labels."""
     if operation not in OPERATIONS:
         raise ValueError(f"unknown operation {operation!r}; allowed: {', '.join(OPERATIONS)}")
     if operation == "x/y" and not is_prime(p):
@@ -97,16 +97,23 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
         self.norm2 = nn.LayerNorm(d_model) if layer_norm else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, t, d = x.shape
-        q, k, v = self.qkv(x).view(n, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-        x = self.norm1(x + self.proj(att.transpose(1, 2).reshape(n, t, d)))
+    def forward(self, x: torch.Tensor, last_only: bool = False) -> torch.Tensor:
+        n, _, d = x.shape
+        q, k, v = self.qkv(x).chunk(3, dim=2)
+        if last_only:  # only the "=" position is read out: the last block skips the others
+            q, x = q[:, -1:], x[:, -1:]
+
+        def heads(z):
+            return z.reshape(n, -1, self.heads, d // self.heads).transpose(1, 2)
+
+        # The last query sees every key, so it needs no mask.
+        att = F.scaled_dot_product_attention(heads(q), heads(k), heads(v), is_causal=not last_only)
+        x = self.norm1(x + self.proj(att.transpose(1, 2).reshape(n, -1, d)))
         return self.norm2(x + self.mlp(x))
 
 
 class Transformer(nn.Module):
-    """Decoder-only transformer over [a, b, =] with learned positions; logits from the last token."""
+    """Decoder-only transformer over [a, b, =], learned positions; logits from the last token."""
 
     def __init__(self, p: int, depth: int = 2, d_model: int = 128, heads: int = 4,
                  layer_norm: bool = True):
@@ -116,10 +123,12 @@ class Transformer(nn.Module):
         self.p = p
         self.embed = nn.Embedding(p + 1, d_model)  # token p is "="
         self.pos = nn.Parameter(torch.randn(3, d_model) * 0.02)
-        self.blocks = nn.Sequential(*(Block(d_model, heads, layer_norm) for _ in range(depth)))
+        self.blocks = nn.ModuleList(Block(d_model, heads, layer_norm) for _ in range(depth))
         self.unembed = nn.Linear(d_model, p)
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
         equals = torch.full_like(pairs[:, :1], self.p)
         x = self.embed(torch.cat([pairs, equals], 1)) + self.pos
-        return self.unembed(self.blocks(x)[:, -1])
+        for block in self.blocks[:-1]:
+            x = block(x)
+        return self.unembed(self.blocks[-1](x, last_only=True)[:, -1])

@@ -1,17 +1,20 @@
-"""Grokking trial: learn `a op b mod p` from a fraction of all pairs, and watch when test catches up.
+"""Grokking trial: learn `a op b mod p` from some of the pairs; watch when test catches up.
 
     from sam_lab.trials import grokking
     for row in grokking.run({"train_fraction": 0.4, "steps": 20000}):
         print(row["step"], row["train_acc"], row["test_acc"])
 
 Training is AdamW (betas 0.9, 0.98) with a linear warmup over `warmup_steps` and a constant lr
-after it, full batch (`batch_size: 0`) or shuffled minibatches, and SAM around AdamW when rho > 0.
-`init_scale` multiplies every initial parameter (Omnigrok's alpha). A step is one optimizer update.
+after it, full batch (`batch_size: 0`) or shuffled minibatches, and SAM around AdamW when rho > 0
+(weight decay stays in AdamW, out of the ascent step). A step is one optimizer update, SAM's two
+passes included. `init_scale` multiplies every initial parameter (Omnigrok's alpha). `seed` fixes
+the train/test split, the initialisation and the minibatch order.
 
 Evaluation runs on every pair (no grad) at `eval_points` log-spaced steps, deduplicated to
-integers, last step included. So `step_train_99` / `step_test_99` (the first evaluated step with
-train / test accuracy >= `threshold`) are exact to within one eval interval, about
-steps^(1/eval_points) - 1 relative (4.7% for 1e4 steps and 200 points).
+integers, last step included. A row is step, epoch, lr, train/test loss and accuracy, and
+weight_norm (the L2 norm of all parameters). `step_train_99` / `step_test_99` are the first
+evaluated steps with train / test accuracy >= `threshold`, so they are late by at most one eval
+interval, a fraction steps^(1/eval_points) - 1 of the step (4.7% for 1e4 steps and 200 points).
 
 Phase (after Liu et al. 2022, "Towards understanding grokking", with `threshold` for both
 accuracies, 0.99 by default where Liu et al. used 0.9, and a delay cut of GROK_DELAY = 1000 steps):
@@ -34,6 +37,7 @@ import torch.nn.functional as F
 from sam_lab.algorithmic import OPERATIONS, EmbedMLP, Transformer, is_prime, make_pairs, split
 from sam_lab.config import ConfigError, field, parse
 from sam_lab.optim import SAM
+from sam_lab.train import resolve_device
 
 GROK_DELAY = 1000
 
@@ -61,22 +65,21 @@ class Config:
     threshold: float = field(default=0.99, metadata=dict(gt=0.0, le=1.0))
     early_stop: int = field(default=0, metadata=dict(ge=0))  # 0 = run all steps
     eval_points: int = field(default=200, metadata=dict(ge=1))
+    measure_sharpness: bool = False  # lambda_max, hessian_trace, eps_sharpness at the end
+    sharpness_rho: float = field(default=0.05, metadata=dict(gt=0.0))
     seed: int = 0
     threads: int = field(default=1, metadata=dict(ge=1))
-    device: str = "cpu"
+    device: str = field(default="cpu", metadata=dict(choices=("auto", "cpu", "cuda")))
 
     def check(self):
         if self.operation == "x/y" and not is_prime(self.modulus):
             raise ConfigError(
                 "modulus",
-                f"x/y needs a prime modulus so that every b != 0 has an inverse; got {self.modulus}",
+                "x/y needs a prime modulus, so that every b != 0 has an inverse mod p; "
+                f"got {self.modulus}",
             )
         if self.model == "transformer" and self.d_model % self.heads:
             raise ConfigError("heads", f"must divide d_model ({self.d_model}); got {self.heads}")
-        try:
-            torch.device(self.device)
-        except RuntimeError as e:
-            raise ConfigError("device", str(e)) from None
 
 
 def eval_steps(steps: int, points: int) -> list[int]:
@@ -121,7 +124,7 @@ def evaluate(model, pairs, labels, is_train) -> dict:
 def run(config: dict):
     cfg = parse(Config, config)
     torch.set_num_threads(cfg.threads)
-    device = torch.device(cfg.device)
+    device = resolve_device(cfg.device)
     torch.manual_seed(cfg.seed)
 
     pairs, labels = make_pairs(cfg.operation, cfg.modulus)
@@ -148,7 +151,6 @@ def run(config: dict):
     evals = iter(eval_steps(cfg.steps, cfg.eval_points))
     next_eval = next(evals)
     step_train = step_test = held_since = None
-    row = {}
     for step in range(1, cfg.steps + 1):
         lr = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for group in opt.param_groups:
@@ -192,7 +194,14 @@ def run(config: dict):
         if cfg.early_stop and above and step - held_since >= cfg.early_stop:
             break
 
+    summary = {}
+    if cfg.measure_sharpness:  # on the training pairs (at most 2000), eval mode
+        from sam_lab import sharpness
+
+        summary = sharpness.measure(model, F.cross_entropy, x_train[:2000], y_train[:2000],
+                                    rho=cfg.sharpness_rho, p=cfg.sam_p)
     return dict(
+        **summary,
         step_train_99=step_train,
         step_test_99=step_test,
         grok_delay=None if step_train is None or step_test is None else step_test - step_train,

@@ -1,0 +1,200 @@
+"""Grokking: data, config errors, reproducibility, the figures, and (slow) real grokking."""
+
+import itertools
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from analysis import grokking as grok_figures
+from sam_lab.algorithmic import OPERATIONS, Transformer, make_pairs, split
+from sam_lab.config import ConfigError
+from sam_lab.trials import grokking
+
+TINY = dict(modulus=11, train_fraction=0.5, width=16, embed_dim=8, steps=30, eval_points=10)
+
+
+def run_all(config):
+    """All rows and the returned per-trial scalars."""
+    trial, rows = grokking.run(config), []
+    try:
+        while True:
+            rows.append(next(trial))
+    except StopIteration as stop:
+        return rows, stop.value
+
+
+@pytest.mark.parametrize("op", list(OPERATIONS))
+def test_every_pair_once_with_labels_in_range(op):
+    p = 13
+    pairs, labels = make_pairs(op, p)
+    n = p * (p - 1) if op == "x/y" else p * p
+    assert pairs.shape == (n, 2) and labels.shape == (n,)
+    assert len({tuple(ab) for ab in pairs.tolist()}) == n
+    assert labels.min() >= 0 and labels.max() < p
+
+
+def test_labels_obey_the_operation():
+    p = 97
+    pairs, labels = make_pairs("x/y", p)
+    a, b = pairs.unbind(1)
+    assert torch.equal((b * labels) % p, a)
+    pairs, labels = make_pairs("x-y", p)
+    a, b = pairs.unbind(1)
+    assert torch.equal((labels + b) % p, a)
+    pairs, labels = make_pairs("x^3+xy^2+y", p)
+    expected = [(a**3 + a * b * b + b) % p for a, b in pairs.tolist()]
+    assert labels.tolist() == expected
+
+
+def test_split_is_seeded_disjoint_and_sized():
+    train, test = split(9409, 0.4, seed=3)
+    assert len(train) == round(0.4 * 9409) and len(train) + len(test) == 9409
+    assert len(set(train.tolist()) | set(test.tolist())) == 9409
+    assert torch.equal(split(9409, 0.4, seed=3)[0], train)
+    assert not torch.equal(split(9409, 0.4, seed=4)[0], train)
+
+
+@pytest.mark.parametrize("bad, key, words", [
+    (dict(operation="x**y"), "operation", "x/y"),  # the message lists what is allowed
+    (dict(operation="x/y", modulus=96), "modulus", "prime"),
+    (dict(train_fraction=0.0), "train_fraction", "> 0"),
+    (dict(train_fraction=1.0), "train_fraction", "< 1"),
+    (dict(model="transformer", d_model=30, heads=4), "heads", "divide"),
+])
+def test_bad_config_fails_before_any_work(bad, key, words):
+    with pytest.raises(ConfigError) as err:
+        next(grokking.run({**TINY, **bad}))
+    assert err.value.key == key and words in str(err.value)
+
+
+def test_non_prime_modulus_is_fine_without_division():
+    rows, _ = run_all({**TINY, "operation": "x*y", "modulus": 12, "steps": 2})
+    assert rows[-1]["step"] == 2
+
+
+def test_eval_schedule_is_log_spaced_and_ends_at_the_last_step():
+    steps = grokking.eval_steps(100_000, 200)
+    assert steps[0] == 1 and steps[-1] == 100_000 and steps == sorted(set(steps))
+    assert 100 <= len(steps) <= 200
+    assert np.diff(np.log(steps[-50:])).max() < 0.1  # evenly spaced in log step at the end
+
+
+@pytest.mark.parametrize("extra", [
+    dict(),
+    dict(batch_size=20, rho=0.05),  # minibatches and SAM
+    dict(model="transformer", d_model=16, heads=2, depth=1, layer_norm=False, steps=5),
+])
+def test_same_seed_same_metrics(extra):
+    first, summary = run_all({**TINY, **extra})
+    again, _ = run_all({**TINY, **extra})
+    assert first == again
+    assert set(first[-1]) == {"step", "epoch", "lr", "train_loss", "train_acc", "test_loss",
+                              "test_acc", "weight_norm"}
+    assert first[-1]["step"] == summary["steps_run"] and summary["early_stopped"] is False
+    other, _ = run_all({**TINY, **extra, "seed": 1})
+    assert other != first
+
+
+def test_warmup_ramps_lr():
+    rows, _ = run_all({**TINY, "warmup_steps": 10, "lr": 1e-2, "steps": 20, "eval_points": 20})
+    lr = {r["step"]: r["lr"] for r in rows}
+    assert lr[1] == pytest.approx(1e-3) and lr[5] == pytest.approx(5e-3) and lr[20] == 1e-2
+
+
+def test_transformer_last_block_shortcut_matches_the_full_causal_pass():
+    model = Transformer(11, depth=2, d_model=16, heads=4)
+    pairs, _ = make_pairs("x+y", 11)
+    x = model.embed(torch.cat([pairs, torch.full_like(pairs[:, :1], 11)], 1)) + model.pos
+    for block in model.blocks:
+        x = block(x)
+    logits = model(pairs)
+    assert logits.shape == (121, 11)
+    assert torch.allclose(logits, model.unembed(x[:, -1]), atol=1e-5)
+
+
+def test_non_finite_loss_raises():
+    with pytest.raises(FloatingPointError, match="init_scale"):
+        run_all({**TINY, "init_scale": 1e30})
+
+
+@pytest.mark.parametrize("args, expected", [
+    ((None, None), "confusion"), ((100, None), "memorization"),
+    ((100, 1099), "comprehension"), ((100, 1100), "grokking"),
+])
+def test_phase(args, expected):
+    assert grokking.phase(*args) == expected
+
+
+def synthetic_sweep(tmp_path):
+    """A fraction x weight-decay sweep with 3 seeds: one cell never generalizes, one is split,
+    and one trial failed."""
+    fractions, decays, seeds = [0.3, 0.5], [0.1, 1.0], [0, 1, 2]
+    trials, curves = [], []
+    for i, (f, wd, s) in enumerate(itertools.product(fractions, decays, seeds)):
+        step_test = {(0.3, 0.1): None, (0.3, 1.0): 8000 if s else None}.get((f, wd), 2000 + 100 * s)
+        step_train = 200
+        trials.append(dict(trial_id=f"t{i}", sweep="s", experiment="grokking", status="ok",
+                           error=None, seed=s, train_fraction=f, weight_decay=wd, steps=10000,
+                           threshold=0.99,
+                           step_train_99=step_train, step_test_99=step_test,
+                           phase=grokking.phase(step_train, step_test)))
+        for step in grokking.eval_steps(10000, 30):
+            curves.append(dict(trial_id=f"t{i}", step=step, train_acc=float(step >= step_train),
+                               test_acc=float(step >= (step_test or 1e9)), weight_norm=50.0))
+    trials.append({**trials[0], "trial_id": "bad", "status": "failed", "error": "boom"})
+    spec = dict(name="s", experiment="grokking", grid=dict(train_fraction=fractions,
+                                                           weight_decay=decays), seeds=seeds)
+    return pd.DataFrame(trials), pd.DataFrame(curves), spec
+
+
+def test_cell_summary_marks_never_by_majority(tmp_path):
+    trials, _, _ = synthetic_sweep(tmp_path)
+    summary = grok_figures._summarise(trials, ["train_fraction", "weight_decay"])
+    cell = summary.set_index(["train_fraction", "weight_decay"])
+    assert cell.loc[(0.3, 0.1), "failed"] == 1 and cell.loc[(0.3, 0.1), "n"] == 3
+    assert np.isinf(cell.loc[(0.3, 0.1), "median_steps"]) and cell.loc[(0.3, 0.1), "phase"] == \
+        "memorization"
+    assert cell.loc[(0.3, 1.0), "median_steps"] == 8000 and cell.loc[(0.3, 1.0), "generalized"] == 2
+    assert cell.loc[(0.5, 1.0), "median_steps"] == 2100 and cell.loc[(0.5, 1.0), "phase"] == \
+        "grokking"
+
+
+def test_figures_follow_the_grid(tmp_path):
+    trials, curves, spec = synthetic_sweep(tmp_path)
+    paths = grok_figures.make_figures(trials, curves, spec, tmp_path)
+    names = {p.name for p in paths}
+    assert names == {"grok_curves.png", "grok_weight_norm.png", "grok_seed_spread.png",
+                     "grok_steps_train_fraction_weight_decay.png",
+                     "grok_phase_train_fraction_weight_decay.png"}
+    assert all(p.stat().st_size > 1000 and p.with_suffix(".svg").exists() for p in paths)
+
+    # A third grid key splits the heatmaps; a one-key grid has no heatmap at all. (No curves and
+    # one seed here, so only the heatmaps are drawn: figures cost seconds each.)
+    one_seed = trials[trials.seed == 0]
+    no_curves = curves.iloc[:0]
+    three = one_seed.assign(operation="x/y")
+    spec3 = {**spec, "grid": {**spec["grid"], "operation": ["x/y"]}}
+    names = {p.name for p in grok_figures.make_figures(three, no_curves, spec3, tmp_path / "3")}
+    assert names == {"grok_steps_train_fraction_weight_decay_operation=xdivy.png",
+                     "grok_phase_train_fraction_weight_decay_operation=xdivy.png"}
+    one = {**spec, "grid": {"train_fraction": [0.3, 0.5]}}
+    assert grok_figures.make_figures(one_seed, no_curves, one, tmp_path / "1") == []
+
+
+# A reduced grokking setup measured on the 2-core dev machine (seeds 0/1/2): train 99% at step
+# ~120, test 99% at steps 1.9k / 2.8k / 4.1k, 35-56 s each on one thread. Seed 0 costs ~40 s.
+REDUCED = dict(operation="x+y", modulus=59, train_fraction=0.6, model="mlp", width=128, lr=2e-3,
+               weight_decay=1.0, steps=8000, early_stop=300, seed=0)
+
+
+@pytest.mark.slow
+def test_reduced_setup_groks():
+    rows, summary = run_all(REDUCED)
+    assert summary["phase"] == "grokking"
+    assert summary["grok_delay"] >= 1000
+    at_train_99 = next(r for r in rows if r["step"] == summary["step_train_99"])
+    assert at_train_99["test_acc"] < 0.5  # memorized first, not merely slow to fit
+    assert summary["early_stopped"] and summary["test_acc"] >= 0.99
+    assert summary["steps_run"] >= summary["step_test_99"] + 300
