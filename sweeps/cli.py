@@ -6,8 +6,9 @@
     sam-lab ui                                      # MLflow dashboard on 127.0.0.1:5000
 
 Exit codes: 0 done (failed trials are results, not errors), 2 bad input (one line on stderr,
-nothing written, Ray not started), 130 interrupted (finished trials are saved), 1 a crash.
-Heavy imports (Ray, MLflow, torch, seaborn) happen inside the commands that need them.
+nothing written, Ray not even imported), 130 interrupted by Ctrl-C or SIGTERM (finished trials
+are saved), 1 a crash. Heavy imports (Ray, MLflow, torch, seaborn) happen inside the commands
+that need them.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import argparse
 import fcntl
 import os
 import shlex
+import signal
+import socket
 import sys
 from pathlib import Path
 
@@ -117,6 +120,63 @@ def _lock(sweep_dir: Path):
     return f
 
 
+def check_address(address: str | None):
+    """A bad --address is bad input: refused before Ray is imported, so nothing starts."""
+    if address is None or address == "auto":
+        return
+    if address.startswith("ray://"):
+        raise UsageError(
+            f"--address {address}: Ray Client would run the Tune driver, and so the Parquet and "
+            "MLflow writes, on the cluster; allowed: auto or host:port, with sam-lab run on the "
+            "head: ray job submit -- sam-lab sweep ... --address auto")
+    host, _, port = address.rpartition(":")
+    if "://" in address or not host or not port.isdigit():
+        raise UsageError(f"--address {address}: allowed: auto, or host:port of a running "
+                         "`ray start --head` (e.g. 10.0.0.5:6379)")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=5).close()  # [::1]:6379
+    except OSError as e:
+        raise UsageError(f"--address {address}: cannot reach a Ray head there ({e}); allowed: "
+                         "auto, or host:port of a running `ray start --head`") from None
+
+
+def _sigterm_as_sigint(signum, frame):
+    """SIGTERM (`kill`, a batch scheduler, a preempted VM) stops the sweep the way Ctrl-C does."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):  # SIGINT ignored, e.g. a job started with `nohup ... &`
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
+
+
+def _say_stale(killed: int, closed: int):
+    if killed:
+        print(f"marked {killed} MLflow runs left RUNNING by an earlier driver as KILLED")
+    if closed:
+        print(f"closed {closed} MLflow runs of trials recorded just before an earlier driver died")
+
+
+def _all_done(args, spec, sweep_dir: Path, counts: str) -> int:
+    """Nothing to run: no Ray, no launch run. The spec record follows the latest command, and
+    runs a dead driver left open (it may die after recording its last trial) are closed."""
+    from sam_lab import trials as families
+    from sweeps import tracking
+    from sweeps.results import Results
+
+    lock = _lock(sweep_dir)  # it exists: its trials are recorded
+    try:
+        results = Results(sweep_dir, families.get(spec.experiment).Config)
+        results.write_spec(spec.resolved())
+        if args.tracking_uri or (sweep_dir.parent / "mlflow.db").exists():
+            uri = args.tracking_uri or tracking.default_uri(sweep_dir.parent)
+            tracking.check_reachable(uri)
+            recorded = {t: r["status"] for t, r in results.rows.items()}
+            _say_stale(*tracking.Tracker(uri, spec.name).close_stale(recorded))
+    finally:
+        lock.close()
+    print(f"{counts}: nothing to do")
+    return 0
+
+
 def sweep(args, argv) -> int:
     from sam_lab import trials as families
     from sweeps import spec as specs
@@ -127,23 +187,26 @@ def sweep(args, argv) -> int:
         raise UsageError(f"--max-concurrent: got {args.max_concurrent}; allowed: an int >= 1")
     root = Path(args.results)
     if root.exists() and not root.is_dir():
-        raise UsageError(f"--results {root}: exists and is not a folder")
+        raise UsageError(f"--results {root}: exists and is not a folder; allowed: a folder "
+                         "(created if missing)")
     sweep_dir = root / spec.name
     todo, counts = _plan(spec, read_statuses(sweep_dir), args.rerun_failed)
     if args.dry_run:
         _print_table(spec, read_statuses(sweep_dir), todo)
         print(f"{counts} (dry run: nothing written)")
         return 0
-    if not todo:  # all done: no Ray, no MLflow run; the spec record follows the latest command
-        Results(sweep_dir, families.get(spec.experiment).Config).write_spec(spec.resolved())
-        print(f"{counts}: nothing to do")
-        return 0
+    if not todo:
+        return _all_done(args, spec, sweep_dir, counts)
 
-    from sweeps import launcher, tracking
+    from sweeps import tracking
 
     uri = args.tracking_uri or tracking.default_uri(root)
     tracking.check_reachable(uri)
+    check_address(args.address)
+    from sweeps import launcher  # imports Ray: only once the input is known to be good
+
     where = launcher.connect(args.address, spec.resources)
+    sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
     tracker = lock = summary = None
     status = "KILLED"
     try:
@@ -156,13 +219,15 @@ def sweep(args, argv) -> int:
             print(f"{counts}: nothing to do")
             return 0
         artifacts = (root / "mlartifacts" / spec.name).resolve().as_uri()
-        tracker = tracking.Tracker(uri, spec.name, None if args.tracking_uri else artifacts)
-        stale = tracker.kill_stale()
+        # a tracking server stores artifacts where it was told; a local store keeps them beside
+        # the results (not in ./mlruns of whatever folder the command ran from)
+        served = uri.startswith(("http://", "https://", "databricks"))
+        tracker = tracking.Tracker(uri, spec.name, None if served else artifacts)
+        stale = tracker.close_stale({t: r["status"] for t, r in results.rows.items()})
         tracker.open_launch(spec.resolved(), len(todo), len(spec.trials) - len(todo))
         if len(todo) < len(spec.trials):
             print(f"skipping {len(spec.trials) - len(todo)} finished trials")
-        if stale:
-            print(f"marked {stale} MLflow runs left RUNNING by an earlier driver as KILLED")
+        _say_stale(*stale)
         print(f"{counts} on {where}; MLflow: {uri}")
         summary = launcher.run(spec, todo, results, tracker, max_concurrent=args.max_concurrent,
                                storage=args.storage)
@@ -176,6 +241,7 @@ def sweep(args, argv) -> int:
         launcher.disconnect()
         if lock is not None:
             lock.close()
+        signal.signal(signal.SIGTERM, sigterm)
     if status != "FINISHED":
         command = shlex.join(["sam-lab", *argv])
         print(f"interrupted: finished trials are saved in {sweep_dir}; resume with: {command}",
@@ -252,8 +318,10 @@ def ui_command(args, argv) -> int:
         raise UsageError(f"--results {args.results}: no mlflow.db there; run sam-lab sweep first")
     uri = f"sqlite:///{db.resolve()}"
     print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    # One worker and no job runner (GenAI evaluation jobs): a local viewer, not 12 processes.
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
-               "--host", args.host, "--port", str(args.port)]
+               "--host", args.host, "--port", str(args.port), "--workers", "1"]
+    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, command)
 
 

@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -51,30 +50,26 @@ class LaunchError(InputError):
     """Ray cannot be used as asked (bad --address, resources this machine lacks)."""
 
 
+# Ray 2.60 turns token auth on for a head started where a token exists (~/.ray/auth_token), but
+# never sends a token to an explicit host:port unless told to; both ends then just time out.
+AUTH_HINT = ("if the cluster uses token auth, set RAY_AUTH_MODE=token and its token "
+             "(RAY_AUTH_TOKEN, or ~/.ray/auth_token)")
+
+
 def connect(address: str | None, resources: dict) -> str:
     """Start or join Ray; returns a description of the cluster for the user."""
     if address is None:
-        # Ray sizes itself to the CPUs this process may use (affinity, cgroup quota), which
-        # os.cpu_count() overstates in a container.
-        ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
-    else:
-        if address.startswith("ray://"):
-            raise LaunchError(
-                f"--address {address}: Ray Client would run the Tune driver, and so the Parquet "
-                "and MLflow writes, on the cluster; run sam-lab on the head instead: "
-                "ray job submit --address http://HEAD:8265 -- sam-lab sweep ... --address auto")
-        if address != "auto":
-            host, _, port = address.rpartition(":")
-            try:
-                socket.create_connection((host or "127.0.0.1", int(port)), timeout=5).close()
-            except (OSError, ValueError) as e:
-                raise LaunchError(f"--address {address}: cannot reach a Ray head there ({e}); "
-                                  "allowed: auto, or host:port of a running `ray start --head`"
-                                  ) from None
+        # "local": a new Ray of our own, never one found through RAY_ADDRESS or a `ray start` on
+        # this machine (joining is --address). Ray sizes itself to the CPUs this process may use
+        # (affinity, cgroup quota), which os.cpu_count() overstates in a container. No dashboard.
+        ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                 logging_level=logging.WARNING)
+    else:  # the address was checked by the CLI (sam-lab refuses ray:// and unreachable heads)
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
         except ConnectionError as e:
-            raise LaunchError(f"--address {address}: {str(e).splitlines()[0]}") from None
+            hint = "" if address == "auto" else f"; {AUTH_HINT}"
+            raise LaunchError(f"--address {address}: {str(e).splitlines()[0]}{hint}") from None
     total = ray.cluster_resources()
     for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
         need, have = resources[key], total.get(name, 0)
@@ -265,9 +260,12 @@ class Recorder(tune.Callback):
         for key, value in {**(curve[-1] if curve else {}), **summary}.items():
             row.setdefault(key, value)  # config values win over same-named metrics (lr)
         row |= {"wall_s": final["wall_s"], "node": final["node"]}
+        # MLflow's final tags, then Parquet, then the run's end: a driver killed in between
+        # leaves a RUNNING run that the next launch can tell finished (Tracker.close_stale).
+        self.tracker.log_final(tid, row, summary, trace)
         self.results.record(row, curve)
         self.recorded.add(tid)
-        self.tracker.finish_trial(tid, row, summary, trace)
+        self.tracker.end_trial(tid, row["status"])
         self.progress.finished(tid, trial.label, row)
 
 

@@ -111,14 +111,16 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         for key_node, _ in node.value:
             key = self.construct_object(key_node, deep=deep)
             if key in seen:
-                raise SpecError(f"line {key_node.start_mark.line + 1}: {key}: duplicate key")
+                raise SpecError(f"line {key_node.start_mark.line + 1}: {key}: duplicate key; "
+                                "allowed: each key once")
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 
 
 def _read_yaml(path: Path) -> dict:
     if not path.is_file():
-        raise SpecError(f"{path}: spec file not found")
+        raise SpecError(f"{path}: spec file not found; allowed: the path of a YAML spec, e.g. "
+                        "sweeps/quickstart.yaml")
     try:
         raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)
     except SpecError as e:
@@ -145,7 +147,8 @@ def parse_overrides(overrides: list[str]) -> dict:
         try:
             out[key] = yaml.safe_load(text)
         except yaml.YAMLError:
-            raise SpecError(f"--set {item}: value is not valid YAML") from None
+            raise SpecError(f"--set {item}: value is not valid YAML; allowed: a YAML value, "
+                            "e.g. --set width=[4, 8]") from None
     return out
 
 
@@ -227,9 +230,14 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise SpecError(f"{path}: failure_retries: got {retries!r}; allowed: an int >= 0")
 
-    setted = parse_overrides(list(overrides))
+    try:
+        setted = parse_overrides(list(overrides))
+    except SpecError as e:
+        raise SpecError(f"{path}: {e}") from None
     if "seeds" in setted:
         seeds = _seeds(f"{path}: --set", setted.pop("seeds"))
+    if "resources" in setted:  # e.g. a GPU spec's tiny CPU variant: --set resources={gpu: 0}
+        resources = _resources(f"{path}: --set", {**resources, **(setted.pop("resources") or {})})
     for key, value in setted.items():  # a swept key is replaced by the value(s) given
         if key in grid:
             grid[key] = value if isinstance(value, list) else [value]

@@ -22,6 +22,7 @@ from mlflow.tracking import MlflowClient
 from sweeps.spec import InputError
 
 TAG_LIMIT = 4000  # MLflow caps tag values; errors and tracebacks are cut to this
+_END = {"ok": "FINISHED", "failed": "FAILED"}  # trial status -> MLflow run status
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -84,13 +85,27 @@ class Tracker:
         self.parent = None
         self.open = {}  # trial_id -> run_id of trials in flight
 
-    def kill_stale(self) -> int:
-        """Runs left RUNNING by a driver that died (SIGKILL, node loss) become KILLED."""
+    def close_stale(self, recorded: dict[str, str]) -> tuple[int, int]:
+        """Close the runs left RUNNING by a driver that died (SIGKILL, node loss).
+
+        A trial run whose final status is logged and matches trials.parquet (`recorded`:
+        trial_id -> status) died between the Parquet write and its end: its trial will not run
+        again, so it ends FINISHED / FAILED. Every other one becomes KILLED. Returns
+        (killed, finished).
+        """
         stale = list(_runs(self.client, self.experiment_id, "attributes.status = 'RUNNING'"))
+        finished = 0
         for run in stale:
-            self.client.set_tag(run.info.run_id, "status", "killed")
-            self.client.set_terminated(run.info.run_id, "KILLED")
-        return len(stale)
+            tags = run.data.tags
+            status = tags.get("status")
+            if tags.get("kind") == "trial" and status in ("ok", "failed") \
+                    and recorded.get(tags.get("trial_id")) == status:
+                self.client.set_terminated(run.info.run_id, _END[status])
+                finished += 1
+            else:
+                self.client.set_tag(run.info.run_id, "status", "killed")
+                self.client.set_terminated(run.info.run_id, "KILLED")
+        return len(stale) - finished, finished
 
     def open_launch(self, resolved: dict, n_run: int, n_skipped: int):
         run = self.client.create_run(
@@ -121,9 +136,9 @@ class Tracker:
         for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
             self.client.log_batch(self.open[trial_id], metrics=metrics[i:i + 1000])
 
-    def finish_trial(self, trial_id: str, row: dict, summary: dict, traceback: str | None):
-        """End a trial's run with its final row (status, error, wall_s, node) and summary."""
-        run_id = self.open.pop(trial_id)
+    def log_final(self, trial_id: str, row: dict, summary: dict, traceback: str | None):
+        """A trial's final row (status, error, wall_s, node) and summary; the run stays RUNNING
+        until `end_trial`, which comes after the row is in Parquet (see `close_stale`)."""
         ts, step = _now_ms(), row.get("step") or 0
         numbers = {"wall_s": row["wall_s"]} | {
             k: v for k, v in summary.items()
@@ -132,9 +147,12 @@ class Tracker:
                  "traceback": traceback} | {
             k: v for k, v in summary.items() if k not in numbers}
         self.client.log_batch(
-            run_id, metrics=[Metric(k, float(v), ts, step) for k, v in numbers.items()],
+            self.open[trial_id],
+            metrics=[Metric(k, float(v), ts, step) for k, v in numbers.items()],
             tags=[RunTag(k, str(v)[-TAG_LIMIT:]) for k, v in texts.items() if v is not None])
-        self.client.set_terminated(run_id, "FINISHED" if row["status"] == "ok" else "FAILED")
+
+    def end_trial(self, trial_id: str, status: str):
+        self.client.set_terminated(self.open.pop(trial_id), _END[status])
 
     def kill_trial(self, trial_id: str, reason: str):
         run_id = self.open.pop(trial_id, None)

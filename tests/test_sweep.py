@@ -122,5 +122,7 @@ def test_status_and_plot(tiny_sweep, capsys):
                                               "tags.kind = 'launch'",
                                               order_by=["attributes.start_time DESC"])]
     logged = [a.path for a in client.list_artifacts(launches[0].info.run_id, "figures")]
-    assert sorted(logged) == ["figures/error_vs_width.png", "figures/error_vs_width.svg"]
-    assert figures.make(tiny_sweep.sweep_dir, out)[0].name == "error_vs_width.png"
+    drawn = figures.make(tiny_sweep.sweep_dir, out)
+    assert drawn[0].name == "error_vs_width.png"
+    assert sorted(logged) == sorted(f"figures/{p.stem}{ext}" for p in drawn
+                                    for ext in (".png", ".svg"))  # each figure, PNG and SVG
