@@ -32,6 +32,7 @@ import torch
 
 TRAIN_POOL = {"mnist1d": 4000, "digits": 1300, "gaussian": 1_000_000, "cifar10": 50_000}
 TEST_POOL = {"mnist1d": 1000, "digits": 497, "gaussian": 2000, "cifar10": 10_000}
+SHAPES = {"mnist1d": (1, 40), "digits": (1, 8, 8), "cifar10": (3, 32, 32)}  # gaussian: (dim,)
 CIFAR_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 CIFAR_MD5 = "c58f30108f718f92721af3b95e74349a"
 CIFAR_DIR = "cifar-10-batches-py"

@@ -219,6 +219,37 @@ def classify(config: dict):
     return summary
 
 
+CUDA_CONTEXT = 600 * 2**20  # a process's CUDA context, cuBLAS workspace and allocator slack
+EVAL_BATCH = 2048  # `evaluate`'s batch
+
+
+def gpu_memory(configs: list[dict]) -> int:
+    """Bytes of GPU memory one process training these configs (one, or a pack) needs, sized
+    from the model on the meta device (no data is loaded, nothing is allocated): per model its
+    weights, gradients, optimizer state and SAM's saved copy, its train + test data (they live on
+    the device), and the larger of a training batch's activations (kept for backward, x2 with
+    their gradients) and an evaluation batch's largest layer; plus one CUDA context. An estimate
+    for sizing GPU shares, not a bound."""
+    cfg = ClassifyConfig(**configs[0])  # validated by the spec (parse would look for data_dir)
+    shape = datasets.SHAPES.get(cfg.dataset, (cfg.dim,))
+    n_train = cfg.n_train or datasets.TRAIN_POOL[cfg.dataset]
+    n_test = cfg.n_test or datasets.TEST_POOL[cfg.dataset]
+    with torch.device("meta"):
+        model = models.build(cfg.model, shape, 10, cfg.width, cfg.depth)
+        per_sample = []  # each leaf module's output size for one sample
+        for module in model.modules():
+            if not list(module.children()):
+                module.register_forward_hook(lambda m, i, out: per_sample.append(out[0].numel()))
+        model(torch.empty(1, *shape))
+    states = {"sgd": 1 if cfg.momentum else 0, "adam": 2, "adamw": 2}[cfg.optimizer]
+    copies = 2 + states + (cfg.rho > 0)  # weights, grads, optimizer state, SAM's saved weights
+    batch = min(cfg.batch_size or n_train, n_train)
+    activations = max(2 * batch * sum(per_sample), 2 * min(EVAL_BATCH, n_train) * max(per_sample))
+    data = (n_train + n_test) * (math.prod(shape) + 2)  # float32 inputs, int64 labels
+    per_model = 4 * (copies * models.count_params(model) + activations + data)
+    return CUDA_CONTEXT + len(configs) * per_model
+
+
 def measure_sharpness(cfg, model, data):
     from sam_lab import sharpness
 

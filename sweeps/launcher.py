@@ -3,9 +3,10 @@
     connect(address)                      # local Ray sized to this machine, or join a cluster
     summary = run(spec, todo, results, tracker, max_concurrent=2)
 
-Workers only train: `run_trial` wraps the family's `run` generator, reports one row per
-evaluation point, and turns an exception raised by the science code into a final `failed`
-report, so a deterministic failure is recorded once and never retried. A lost worker or node is
+Workers only train: `run_trial` wraps the family's `run` generator (or, for a spec with `pack`,
+its `run_packed` over a unit of trials), reports rows per evaluation point, and turns an exception
+raised by the science code into a final `failed` report, so a deterministic failure is recorded
+once and never retried. Each Ray trial asks for the spec's CPUs and its unit's GPU share. A lost worker or node is
 an infrastructure failure: Tune restarts the trial up to `failure_retries` times (the partial
 curve and MLflow run are dropped), then it is recorded `failed` too.
 
@@ -33,7 +34,7 @@ import ray  # noqa: E402
 from ray import tune  # noqa: E402
 
 from sam_lab import trials as families  # noqa: E402
-from sweeps.spec import InputError  # noqa: E402
+from sweeps.spec import MIN_GPU_SHARE, InputError, gpu_share  # noqa: E402
 
 # Our progress lines replace Tune's: its restore hints, interrupt warnings and tracebacks of lost
 # workers would only confuse (resume is rerunning the command; errors land in trials.parquet).
@@ -73,6 +74,7 @@ def connect(address: str | None, resources: dict) -> str:
     total = ray.cluster_resources()
     for key, name in (("cpu", "CPU"), ("gpu", "GPU")):
         need, have = resources[key], total.get(name, 0)
+        need = MIN_GPU_SHARE if need == "auto" else need  # auto asks for at least this much
         if need > have and address is None:  # a cluster may still scale up; this machine won't
             ray.shutdown()
             raise LaunchError(f"resources.{key}: each trial asks for {need} but this machine "
@@ -112,33 +114,69 @@ def _clean(row: dict, what: str) -> dict:
     return out
 
 
+def _single(rows):
+    """A family's `run` generator in `run_packed`'s shape: (0, row)s, then [summary]."""
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration as stop:
+            return [stop.value]
+        yield 0, row
+
+
+def _failed(error: BaseException, node: str, trace: str | None) -> dict:
+    return {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": trace,
+            "summary": {}, "node": node}
+
+
+def _final(summary, node: str) -> dict:
+    if isinstance(summary, BaseException):  # one model of a pack failed (e.g. its loss is NaN)
+        return _failed(summary, node, None)
+    return {"status": "ok", "error": None, "traceback": None, "node": node,
+            "summary": _clean(summary or {}, "returned")}
+
+
 def run_trial(params: dict):
-    """The Tune trainable: one trial of a family, on this worker's CPU allotment."""
+    """The Tune trainable: one unit (a trial, or a pack of them) on this worker's CPU allotment.
+
+    Reports {"rows": [[k, row], ...]} where k indexes the unit's members, and at the end
+    "finals": one final record per member."""
     import torch  # here, not at the top: the driver never needs it
 
-    t = params["trial"]
+    unit = params["unit"]
     start = time.perf_counter()
-    torch.set_num_threads(t["threads"])
-    final = {"status": "ok", "error": None, "traceback": None, "summary": {},
-             "node": ray.get_runtime_context().get_node_id()}
-    rows = families.get(t["experiment"]).run(dict(t["config"]))
-    pending, last_report = [], -REPORT_EVERY_S
+    torch.set_num_threads(unit["threads"])
+    node = ray.get_runtime_context().get_node_id()
+    family = families.get(unit["experiment"])
+    configs = [dict(m["config"]) for m in unit["members"]]
+    rows = family.run_packed(configs) if unit["packed"] else _single(family.run(configs[0]))
+    pending, last_report, summaries, failure = [], -REPORT_EVERY_S, None, None
     while True:
         try:  # only the science code is guarded: Tune's own exceptions must reach Tune
             try:
-                row = next(rows)
+                k, row = next(rows)
             except StopIteration as stop:
-                final["summary"] = _clean(stop.value or {}, "returned")
+                summaries = stop.value
                 break
-            pending.append(_clean(row, "row"))
-        except Exception as e:
-            final |= {"status": "failed", "error": f"{type(e).__name__}: {e}",
-                      "traceback": traceback.format_exc()}
+            pending.append([k, _clean(row, "row")])
+        except Exception as e:  # fails the whole unit
+            failure = _failed(e, node, traceback.format_exc())
             break
         if time.perf_counter() - last_report >= REPORT_EVERY_S:
             tune.report({"rows": pending})
             pending, last_report = [], time.perf_counter()
-    tune.report({"rows": pending, "final": final | {"wall_s": time.perf_counter() - start}})
+    if failure is None:
+        try:
+            finals = [_final(s, node) for s in summaries]
+        except Exception as e:  # a summary value Parquet cannot hold
+            failure = _failed(e, node, traceback.format_exc())
+    if failure is not None:
+        finals = [failure] * len(configs)
+    # a packed member's wall_s is its share of the pack's time, so wall_s sums to machine time
+    wall_s = (time.perf_counter() - start) / len(configs)
+    extra = {"pack_size": len(configs)} if unit["packed"] else {}  # failed members too
+    finals = [f | {"wall_s": wall_s, "summary": f["summary"] | extra} for f in finals]
+    tune.report({"rows": pending, "finals": finals})
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -203,50 +241,56 @@ def _lost_reason(trial) -> str:
 
 
 class Recorder(tune.Callback):
-    """Driver side: curves in memory per trial, then Parquet + MLflow when a trial ends."""
+    """Driver side: curves in memory per trial, then Parquet + MLflow when a trial ends.
 
-    def __init__(self, spec, trials, results, tracker, progress):
+    A Tune trial runs a unit: one trial, or a pack whose members are recorded one by one."""
+
+    def __init__(self, spec, trials, results, tracker, progress, gpu_shares):
         self.spec, self.results, self.tracker, self.progress = spec, results, tracker, progress
+        self.gpu_shares = gpu_shares
         self.by_id = {t.trial_id: t for t in trials}
         self.curves, self.started, self.recorded = {}, {}, set()
 
     @staticmethod
-    def _id(trial) -> str:
-        return trial.config["trial"]["trial_id"]
+    def _members(trial) -> list[str]:
+        return [m["trial_id"] for m in trial.config["unit"]["members"]]
 
     def on_trial_start(self, iteration, trials, trial, **info):
-        tid = self._id(trial)
-        self.curves[tid], self.started[tid] = [], time.perf_counter()
-        self.tracker.start_trial(self.by_id[tid])
-        self.progress.running.add(tid)
+        for tid in self._members(trial):
+            self.curves[tid], self.started[tid] = [], time.perf_counter()
+            self.tracker.start_trial(self.by_id[tid])
+            self.progress.running.add(tid)
         self.progress.tick(force=True)
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
-        tid = self._id(trial)
-        if tid in self.recorded:  # a late duplicate, e.g. from a retry after the final report
+        members = self._members(trial)
+        if members[0] in self.recorded:  # a late duplicate, e.g. from a retry after the final
             return
-        self.curves[tid].extend(result["rows"])
-        self.tracker.log_rows(tid, result["rows"])
-        if "final" in result:
-            final = result["final"]
+        by_member = {}
+        for k, row in result["rows"]:
+            by_member.setdefault(members[k], []).append(row)
+        for tid, rows in by_member.items():
+            self.curves[tid].extend(rows)
+            self.tracker.log_rows(tid, rows)
+        for tid, final in zip(members, result.get("finals", ())):
             self._record(tid, final, final["summary"], final["traceback"])
 
     def on_trial_recover(self, iteration, trials, trial, **info):
-        tid = self._id(trial)
         reason = _lost_reason(trial)
-        self.tracker.kill_trial(tid, reason)
-        self.curves[tid] = []
-        self.progress.running.discard(tid)
-        self.progress.say(f"retry  {self.by_id[tid].label}: {reason} "
-                          f"(attempt {trial.num_failures + 1} of {self.spec.failure_retries + 1})")
+        for tid in self._members(trial):
+            self.tracker.kill_trial(tid, reason)
+            self.curves[tid] = []
+            self.progress.running.discard(tid)
+            self.progress.say(f"retry  {self.by_id[tid].label}: {reason} (attempt "
+                              f"{trial.num_failures + 1} of {self.spec.failure_retries + 1})")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        tid = self._id(trial)
-        if tid not in self.recorded:
-            wall = time.perf_counter() - self.started.get(tid, time.perf_counter())
-            final = {"status": "failed", "error": _lost_reason(trial), "node": None,
-                     "wall_s": wall}
-            self._record(tid, final, {}, None)
+        for tid in self._members(trial):
+            if tid not in self.recorded:
+                wall = time.perf_counter() - self.started.get(tid, time.perf_counter())
+                final = {"status": "failed", "error": _lost_reason(trial), "node": None,
+                         "wall_s": wall}
+                self._record(tid, final, {}, None)
 
     def on_step_end(self, iteration, trials, **info):
         self.progress.tick()
@@ -259,7 +303,8 @@ class Recorder(tune.Callback):
                **trial.config}
         for key, value in {**(curve[-1] if curve else {}), **summary}.items():
             row.setdefault(key, value)  # config values win over same-named metrics (lr)
-        row |= {"wall_s": final["wall_s"], "node": final["node"]}
+        row |= {"wall_s": final["wall_s"], "node": final["node"],
+                "gpu_share": self.gpu_shares[tid]}
         # MLflow's final tags, then Parquet, then the run's end: a driver killed in between
         # leaves a RUNNING run that the next launch can tell finished (Tracker.close_stale).
         self.tracker.log_final(tid, row, summary, trace)
@@ -279,20 +324,30 @@ class Summary:
 
 def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None) -> Summary:
     """Run `todo` (a list of spec.Trial) to completion, or until Ctrl-C; Ray must be connected."""
+    family = families.get(spec.experiment)
+    units = [{"unit_id": unit[0].trial_id + (f"+{len(unit) - 1}" if len(unit) > 1 else ""),
+              "experiment": spec.experiment, "threads": spec.threads, "packed": bool(spec.pack),
+              "gpu": gpu_share(family, [t.config for t in unit], spec.resources),
+              "members": [{"trial_id": t.trial_id, "config": t.config} for t in unit]}
+             for unit in spec.units(todo)]
+
     progress = Progress(len(todo))
-    recorder = Recorder(spec, todo, results, tracker, progress)
-    trials = [{"trial_id": t.trial_id, "experiment": spec.experiment, "config": t.config,
-               "threads": spec.threads} for t in todo]
-    resources = {"cpu": spec.resources["cpu"], "gpu": spec.resources["gpu"]}
+    shares = {m["trial_id"]: u["gpu"] for u in units for m in u["members"]}
+    recorder = Recorder(spec, todo, results, tracker, progress, shares)
+
+    def resources(config):  # per unit: `gpu: auto` sizes each one's share from its model
+        bundle = {"CPU": spec.resources["cpu"], "GPU": config["unit"]["gpu"]}
+        return tune.PlacementGroupFactory([{k: v for k, v in bundle.items() if v}])
+
     own_storage = storage is None
     storage = storage or tempfile.mkdtemp(prefix="sam-lab-tune-")
     tuner = tune.Tuner(
         tune.with_resources(run_trial, resources),
-        param_space={"trial": tune.grid_search(trials)},
+        param_space={"unit": tune.grid_search(units)},
         tune_config=tune.TuneConfig(
             reuse_actors=True, max_concurrent_trials=max_concurrent,
-            trial_name_creator=lambda t: t.config["trial"]["trial_id"],
-            trial_dirname_creator=lambda t: t.config["trial"]["trial_id"]),
+            trial_name_creator=lambda t: t.config["unit"]["unit_id"],
+            trial_dirname_creator=lambda t: t.config["unit"]["unit_id"]),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage, verbose=0, callbacks=[recorder],
             failure_config=tune.FailureConfig(max_failures=spec.failure_retries)))

@@ -24,10 +24,10 @@ import yaml
 
 META = ("trial_id", "sweep", "experiment", "status", "error", "seed")
 FINAL = ("step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc")
-TAIL = ("wall_s", "node")
+TAIL = ("wall_s", "node", "gpu_share")
 KNOWN = {"trial_id": pa.string(), "sweep": pa.string(), "experiment": pa.string(),
          "status": pa.string(), "error": pa.string(), "seed": pa.int64(), "step": pa.int64(),
-         "wall_s": pa.float64(), "node": pa.string()}
+         "wall_s": pa.float64(), "node": pa.string(), "gpu_share": pa.float64()}
 PY_TO_ARROW = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
 
 

@@ -6,7 +6,9 @@
 A spec is a study: `name` (the results folder and MLflow experiment), `experiment` (a family in
 `sam_lab.trials`), `description`, `base` (config shared by all trials), `grid` (a cartesian
 product of config values), `seeds` (a list, or n meaning 0..n-1), `resources` (per trial) and
-`failure_retries` (how often a trial lost to a dead worker or node is restarted).
+`failure_retries` (how often a trial lost to a dead worker or node is restarted), and `pack`
+with `pack_size` (train up to pack_size trials that differ only in the `pack` keys in one process,
+vmapped; see `Spec.units`).
 
 Everything is checked here, before Ray or MLflow start, and any problem is one `SpecError` line
 naming the file, the key and what is allowed.
@@ -36,8 +38,10 @@ from sam_lab.config import ConfigError, parse
 
 EXECUTION_KEYS = frozenset({"threads", "device", "data_dir", "download"})
 REQUIRED = ("name", "experiment", "grid", "seeds")
-OPTIONAL = {"description": "", "base": {}, "resources": {"cpu": 1, "gpu": 0}, "failure_retries": 2}
-RESOURCE_KEYS = ("cpu", "gpu")
+OPTIONAL = {"description": "", "base": {}, "resources": {"cpu": 1, "gpu": 0}, "failure_retries": 2,
+            "pack": None, "pack_size": 16}
+RESOURCE_KEYS = ("cpu", "gpu", "gpu_memory_gb")
+MIN_GPU_SHARE = 1 / 16  # `gpu: auto` never packs more trials than this onto one GPU
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
@@ -74,6 +78,8 @@ class Spec:
     resources: dict
     failure_retries: int
     trials: list
+    pack: tuple = ()  # config keys a pack's trials may differ in (seed first); () = no packing
+    pack_size: int = 16
 
     @property
     def threads(self) -> int:
@@ -83,13 +89,45 @@ class Spec:
         """The spec as run (overrides applied, seeds expanded), plus the trial ids it expands to."""
         keys = ("name", "experiment", "description", "base", "grid", "seeds", "resources",
                 "failure_retries")
-        return {k: getattr(self, k) for k in keys} | {
+        packing = {"pack": list(self.pack), "pack_size": self.pack_size} if self.pack else {}
+        return {k: getattr(self, k) for k in keys} | packing | {
             "trial_ids": [t.trial_id for t in self.trials]}
+
+    def units(self, todo: list[Trial]) -> list[list[Trial]]:
+        """What each Ray trial runs: one trial, or with `pack` up to pack_size trials whose
+        configs are equal outside the pack keys (e.g. the seeds of one grid point), trained
+        together by the family's `run_packed`. Each still becomes its own row, curve and run."""
+        if not self.pack:
+            return [[t] for t in todo]
+        groups: dict[str, list[Trial]] = {}
+        for t in todo:
+            groups.setdefault(_pack_key(t.config, self.pack), []).append(t)
+        return [g[i:i + self.pack_size] for g in groups.values()
+                for i in range(0, len(g), self.pack_size)]
 
 
 def threads_for(resources: dict) -> int:
     """Torch threads of a trial: its CPU allotment, at least one."""
     return max(1, math.floor(resources["cpu"]))
+
+
+def _pack_key(config: dict, pack: tuple) -> str:
+    return json.dumps({k: v for k, v in config.items() if k not in pack}, sort_keys=True)
+
+
+def _pack(path, value, size, family, experiment) -> tuple:
+    """The `pack` option as a tuple of config keys (seed first), checked against the family."""
+    if value is None or value == "none":
+        return ()
+    keys = ["seed"] if value == "seeds" else value
+    packable = getattr(family, "PACKABLE_KEYS", ())
+    allowed = (f"seeds, or a list of keys from {', '.join(packable)}" if packable
+               else f"none (experiment {experiment} has no packed runner)")
+    if not isinstance(keys, list) or not keys or any(k not in packable for k in keys):
+        raise SpecError(f"{path}: pack: got {value!r}; allowed: {allowed}")
+    if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+        raise SpecError(f"{path}: pack_size: got {size!r}; allowed: an int >= 1")
+    return tuple(dict.fromkeys(["seed", *keys]))
 
 
 def _show(point: dict) -> str:
@@ -193,12 +231,28 @@ def _resources(path, value) -> dict:
         if key not in RESOURCE_KEYS:
             raise SpecError(f"{path}: resources.{key}: unknown; allowed: "
                             f"{', '.join(RESOURCE_KEYS)}")
-        bound = "> 0" if key == "cpu" else ">= 0"
+        if key == "gpu" and amount == "auto":
+            out[key] = amount
+            continue
+        bound = ">= 0" if key == "gpu" else "> 0"
+        bound += ", or auto (a share sized from the model)" if key == "gpu" else ""
         number = isinstance(amount, (int, float)) and not isinstance(amount, bool)
-        if not number or not (amount > 0 if key == "cpu" else amount >= 0):
+        if not number or not (amount >= 0 if key == "gpu" else amount > 0):
             raise SpecError(f"{path}: resources.{key}: got {amount!r}; allowed: a number {bound}")
         out[key] = amount
+    if "gpu_memory_gb" in out and out["gpu"] != "auto":
+        raise SpecError(f"{path}: resources.gpu_memory_gb: only used with gpu: auto")
     return out
+
+
+def gpu_share(family, configs: list[dict], resources: dict) -> float:
+    """A unit's GPU request: the number given, or for `gpu: auto` its estimated memory over one
+    GPU's (`gpu_memory_gb`, 16 by default: the smallest common card), rounded up to 1/n so that
+    n units tile a GPU, at least MIN_GPU_SHARE and at most one GPU."""
+    if resources["gpu"] != "auto":
+        return resources["gpu"]
+    share = family.gpu_memory(configs) / (resources.get("gpu_memory_gb", 16) * 2**30)
+    return 1.0 if share >= 1 else 1 / math.floor(1 / max(share, MIN_GPU_SHARE))
 
 
 def _grid(path, value) -> dict:
@@ -238,6 +292,9 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
         seeds = _seeds(f"{path}: --set", setted.pop("seeds"))
     if "resources" in setted:  # e.g. a GPU spec's tiny CPU variant: --set resources={gpu: 0}
         resources = _resources(f"{path}: --set", {**resources, **(setted.pop("resources") or {})})
+    for key in ("pack", "pack_size"):  # how trials run, not what they compute: ids unchanged
+        if key in setted:
+            spec[key] = setted.pop(key)
     for key, value in setted.items():  # a swept key is replaced by the value(s) given
         if key in grid:
             grid[key] = value if isinstance(value, list) else [value]
@@ -247,6 +304,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
 
     family = families.get(spec["experiment"])
     fields = {f.name for f in dataclasses.fields(family.Config)}
+    pack = _pack(path, spec["pack"], spec["pack_size"], family, spec["experiment"])
     for key in [*base, *grid]:
         where = f"--set {key}" if key in setted else key
         if key == "seed":
@@ -284,6 +342,16 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
             trials.append(Trial(tid, seed, {k: config[k] for k in point}, config))
 
     grid = {k: list(dict.fromkeys(t.config[k] for t in trials)) for k in grid}  # typed: 1e-3 str
-    return Spec(path=str(path), name=spec["name"], experiment=spec["experiment"],
-                description=(spec["description"] or "").strip(), base=base, grid=grid, seeds=seeds,
-                resources=resources, failure_retries=retries, trials=trials)
+    result = Spec(path=str(path), name=spec["name"], experiment=spec["experiment"],
+                  description=(spec["description"] or "").strip(), base=base, grid=grid,
+                  seeds=seeds, resources=resources, failure_retries=retries, trials=trials,
+                  pack=pack, pack_size=spec["pack_size"])
+    if resources["gpu"] == "auto" and not hasattr(family, "gpu_memory"):
+        raise SpecError(f"{path}: resources.gpu: auto needs an estimate of a trial's memory, "
+                        f"which experiment {spec['experiment']} lacks; allowed: a number")
+    for unit in result.units(trials) if pack else ():  # e.g. a model it cannot stack
+        try:
+            family.check_packable([t.config for t in unit])
+        except ConfigError as e:
+            raise SpecError(f"{path}: pack: {e}") from None
+    return result

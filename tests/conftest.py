@@ -107,12 +107,13 @@ class RayNodes:
         self.address = f"127.0.0.1:{self.port}"
         self.dirs: dict[str, str] = {}
 
-    def start(self, name: str):
-        """Start node `name`: the head if it is the first one."""
+    def start(self, name: str, cpus: int = 1, gpus: int = 0):
+        """Start node `name`: the head if it is the first one. Ray takes `gpus` on trust: a
+        node without any still offers them to the scheduler (enough to test GPU shares)."""
         # Short path: Ray's unix sockets live under it (108-byte limit).
         self.dirs[name] = tempfile.mkdtemp(prefix="sl-ray-", dir="/tmp")
         ray = Path(sys.executable).with_name("ray")
-        args = [str(ray), "start", "--num-cpus", "1", "--num-gpus", "0",
+        args = [str(ray), "start", "--num-cpus", str(cpus), "--num-gpus", str(gpus),
                 "--temp-dir", self.dirs[name], "--disable-usage-stats"]
         if len(self.dirs) == 1:
             args += ["--head", "--port", str(self.port), "--include-dashboard", "false",

@@ -128,6 +128,17 @@ CASES = {
                             ["--results bad.yaml: exists and is not a folder; allowed: a "
                              "folder"]),
     "unknown flag": (TINY, ["--gpus", "2"], ["unrecognized arguments: --gpus 2"]),
+    "pack over a key that changes the model": (tiny(pack=["seed", "width"]), [],
+                                               ["pack: got ['seed', 'width']",
+                                                "allowed: seeds, or a list of keys from seed, rho"]),
+    "pack a model with BatchNorm": (tiny(base={**DIGITS, "model": "cnn5"}, pack="seeds"), [],
+                                    ["pack: model: packing needs a model without BatchNorm"]),
+    "pack_size 0": (tiny(pack="seeds", pack_size=0), [], ["pack_size: got 0; allowed: an int >= 1"]),
+    "gpu auto without a memory estimate": (
+        tiny(experiment="grokking", base={}, grid={"lr": [1e-3]}, resources={"gpu": "auto"}), [],
+        ["resources.gpu: auto needs an estimate of a trial's memory", "allowed: a number"]),
+    "gpu_memory_gb without gpu auto": (tiny(resources={"gpu": 1, "gpu_memory_gb": 80}), [],
+                                       ["resources.gpu_memory_gb: only used with gpu: auto"]),
 }
 # Flag errors that are not about the spec's content need not name the spec file.
 FLAG_ONLY = {"unreachable --address", "malformed --address", "ray:// --address",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-from conftest import sam_lab, write_spec
+from conftest import RayNodes, sam_lab, write_spec
 
 pytestmark = pytest.mark.slow
 
@@ -32,3 +32,42 @@ def test_trials_run_on_both_nodes(tmp_path, ray_nodes):
     trials = pd.read_parquet(tmp_path / "results" / "spread" / "trials.parquet")
     assert len(trials) == 4 and trials.trial_id.is_unique and (trials.status == "ok").all()
     assert set(trials.node) == {ray_nodes.node_id("head"), ray_nodes.node_id("worker")}
+
+
+def _most_at_once(runs) -> int:
+    """The largest number of MLflow trial runs open at one instant."""
+    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
+    open_now = most = 0
+    for _, change in events:
+        open_now += change
+        most = max(most, open_now)
+    return most
+
+
+def test_gpu_auto_shares_one_gpu_between_small_trials(tmp_path):
+    """`gpu: auto` asks each trial for a share sized from its model (1/16 for these MLPs), so
+    several run on one GPU at once; `gpu: 1` runs them one at a time. The head offers 1 GPU that
+    does not exist: the trials train on the CPU, but Ray schedules them by the GPU request."""
+    from mlflow.tracking import MlflowClient
+
+    head = RayNodes()
+    try:
+        head.start("head", cpus=2, gpus=1)
+        spec = {**SPEC, "name": "shared", "resources": {"cpu": 0.25, "gpu": "auto"}}
+        write_spec(tmp_path, spec, "shared.yaml")
+        most = {}
+        for gpu in ("auto", 1):
+            done = sam_lab("sweep", "shared.yaml", "--address", head.address, "--results",
+                           f"gpu-{gpu}", "--set", f"resources={{gpu: {gpu}}}", cwd=tmp_path,
+                           env=head.env, timeout=300)
+            assert done.returncode == 0, done.stdout + done.stderr
+            results = tmp_path / f"gpu-{gpu}"
+            trials = pd.read_parquet(results / "shared" / "trials.parquet")
+            assert (trials.status == "ok").all() and len(trials) == 4
+            assert (trials.gpu_share == (1 / 16 if gpu == "auto" else 1.0)).all()
+            client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
+            exp = client.get_experiment_by_name("shared")
+            most[gpu] = _most_at_once(client.search_runs([exp.experiment_id], "tags.kind = 'trial'"))
+    finally:
+        head.stop()
+    assert most[1] == 1 and most["auto"] >= 2, most

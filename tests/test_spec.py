@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+from cifar_format import write_cifar_fixture
 from conftest import TINY, write_spec
 
 from sweeps import cli
@@ -78,3 +81,35 @@ def test_dry_run_prints_the_trials_and_writes_nothing(tmp_path, capsys):
     ids = [t.trial_id for t in specs.load(path).trials]
     assert all(i in out for i in ids)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["spec.yaml"]
+
+
+SHIPPED = sorted((Path(__file__).parents[1] / "sweeps").rglob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_spec_loads_and_its_packs_are_valid(path, tmp_path):
+    overrides = []
+    if "cifar10" in path.name:  # its data dir must exist: a CIFAR-format stand-in
+        write_cifar_fixture(tmp_path)
+        overrides = [f"data_dir={tmp_path}"]
+    spec = specs.load(path, overrides)
+    assert spec.trials and spec.description
+    units = spec.units(spec.trials)
+    assert sorted(t.trial_id for u in units for t in u) == sorted(t.trial_id for t in spec.trials)
+    for unit in units:  # a pack holds only trials that differ in the pack keys
+        rest = [{k: v for k, v in t.config.items() if k not in spec.pack} for t in unit]
+        assert all(r == rest[0] for r in rest) and len(unit) <= spec.pack_size
+
+
+def test_pack_groups_trials_that_differ_only_in_the_pack_keys(tmp_path):
+    s = load(tmp_path, {"seeds": 3, "grid": {"width": [8, 16], "rho": [0.0, 0.05]},
+                        "pack": "seeds", "pack_size": 2})
+    units = s.units(s.trials)
+    assert [len(u) for u in units] == [2, 1] * 4  # 4 grid points, 3 seeds, at most 2 per pack
+    assert all(len({(t.config["width"], t.config["rho"]) for t in u}) == 1 for u in units)
+    both = load(tmp_path, {"seeds": 3, "grid": {"width": [8, 16], "rho": [0.0, 0.05]},
+                           "pack": ["rho"]})  # seed is always packable
+    assert both.pack == ("seed", "rho") and [len(u) for u in both.units(both.trials)] == [6, 6]
+    assert [t.trial_id for t in both.trials] == [t.trial_id for t in s.trials]  # ids unchanged
+    plain = load(tmp_path, {"pack": "seeds"}, overrides=["pack=none"])
+    assert plain.pack == () and all(len(u) == 1 for u in plain.units(plain.trials))

@@ -7,6 +7,14 @@ A family is a module `sam_lab.trials.<name>` with
     per-trial scalars (e.g. `phase`, `barrier_loss_curve`) merged over the last row's metrics.
 It raises on failure; a non-finite loss raises FloatingPointError.
 
+A family may also train several trials in one process (`pack` in a spec), with
+  - `PACKABLE_KEYS`: the config keys packed trials may differ in (e.g. seed, rho);
+  - `check_packable(configs: list[dict])`: raises ConfigError if they cannot share a pack;
+  - `run_packed(configs: list[dict])`: yields (k, row) for config k, and returns one summary per
+    config, or the FloatingPointError that ended that config's model alone (a failed trial).
+And `gpu_memory(configs: list[dict]) -> bytes`, an estimate for a process training them, lets a
+spec ask for `resources: {gpu: auto}` (a GPU share sized from the model).
+
 Adding a family needs this module, a spec in sweeps/ and a plot in analysis/<name>.py, nothing else.
 """
 

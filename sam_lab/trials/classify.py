@@ -1,6 +1,21 @@
-"""Classification (double descent in width, data size and epochs; SAM vs SGD)."""
+"""Classification (double descent in width, data size and epochs; SAM vs SGD).
 
+Seeds and rho values of one grid point can train packed, K models at once under vmap
+(`sam_lab.vectorized`); a spec asks for it with `pack: seeds` or `pack: [seed, rho]`.
+"""
+
+from sam_lab.config import parse
 from sam_lab.train import ClassifyConfig as Config
 from sam_lab.train import classify as run
+from sam_lab.train import gpu_memory
+from sam_lab.vectorized import PACKABLE_KEYS
+from sam_lab.vectorized import check_packable as _check_parsed
+from sam_lab.vectorized import classify_packed as run_packed
 
-__all__ = ["Config", "run"]
+
+def check_packable(configs: list[dict]):
+    """Raise ConfigError if these configs cannot share a pack (checked before any work)."""
+    _check_parsed([parse(Config, c) for c in configs])
+
+
+__all__ = ["Config", "run", "run_packed", "check_packable", "PACKABLE_KEYS", "gpu_memory"]
