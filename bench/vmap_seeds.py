@@ -1,5 +1,5 @@
-"""Benchmark 2: K seeds trained at once (`classify_packed`, vmap) vs the same K trials one after
-another (`classify`). Goal: >= 5x throughput for K = 16 on 2 CPU cores.
+"""Benchmark 2: K seeds trained at once (`classify_packed`: a batched MLP forward) vs the same
+K trials one after another (`classify`). Goal: >= 5x throughput for K = 16 on 2 CPU cores.
 
 The trials are the MNIST-1D double-descent MLP (40 -> h -> h -> 10, 4000 samples, 15% label
 noise, SGD lr 0.01 momentum 0.9, batch 100) at a small width, a few epochs, evaluated at the
@@ -67,7 +67,7 @@ def main():
     torch.set_num_threads(args.threads)
     base = dict(MNIST1D_MLP, width=args.width, epochs=args.epochs, eval_every=args.epochs)
     list(classify({**base, "epochs": 1}))  # warm-up: builds and caches MNIST-1D
-    lines = [f"K={args.k} packed (vmap) vs sequential, MNIST-1D MLP width {args.width}, "
+    lines = [f"K={args.k} packed vs sequential, MNIST-1D MLP width {args.width}, "
              f"{args.epochs} epochs x 40 steps, {args.threads} thread(s), median of "
              f"{args.repeats}; goal >= 5x"]
     print(lines[0], flush=True)

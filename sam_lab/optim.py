@@ -82,6 +82,7 @@ class SAM(torch.optim.Optimizer):
         super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
         self.p = float(p)
         self._saved = None  # (params, their weights before first_step)
+        self._buffers = {}  # param -> the buffer first_step saves it to, reused across steps
         self.base_optimizer = base_optimizer(self.param_groups, **base_kwargs)
         self.param_groups = self.base_optimizer.param_groups
         self.defaults.update(self.base_optimizer.defaults)
@@ -91,54 +92,79 @@ class SAM(torch.optim.Optimizer):
         """ASAM's T_w: |w| for weight matrices and kernels, 1 elsewhere."""
         return param.abs() if group["adaptive"] and param.ndim >= 2 else None
 
-    @torch.no_grad()
     def _ascent_direction(self):
-        """(param, u, T_w, rho) per parameter with a gradient, with u = T_w * g in float32."""
+        """(param, u, T_w, rho) per parameter with a gradient, with u = T_w * g in float32.
+        Called under no_grad (as is _perturbation): a no_grad decorator costs ~3 us a call."""
         items = []
         for group in self.param_groups:
             for param in group["params"]:
                 if param.grad is None:
                     continue
                 scale = self._scale(param, group)
-                u = param.grad.detach().float()
+                u = param.grad
+                if u.dtype != torch.float32:  # skip the no-op .float(): ~1 us per tensor
+                    u = u.float()
                 if scale is not None:
                     u = u * scale.float()
                 items.append((param, u, scale, group["rho"]))
         return items
 
+    def _perturbation(self):
+        """(params, d, inv, rhos): eps_i = d_i * inv * rhos[i] with inv a 0-d tensor, or, where
+        inv is None, eps_i = d_i. The split lets first_step add eps with one fused
+        multiply-add per tensor and make no eps tensors. On a small model a SAM step costs
+        about one dispatch per op and tensor, so the p = 2 path has as few ops as it can (no
+        mul by rho, no eps tensors), and no host sync."""
+        items = self._ascent_direction()
+        if not items:
+            return [], [], None, []
+        params, us, scales, rhos = map(list, zip(*items))
+        if self.p == 2:
+            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(us, 2)))
+            # 1 / norm is inf for a zero norm and 0 or nan for a non-finite one: all give eps = 0
+            inv = norm.reciprocal_().nan_to_num_(0.0, 0.0, 0.0)
+            return params, [u if s is None else u * s for u, s in zip(us, scales)], inv, rhos
+        eps = [d[0] for d in unit_ascent([u[None] for u in us], self.p)]
+        torch._foreach_mul_(eps, rhos)
+        return params, [e if s is None else e * s for e, s in zip(eps, scales)], None, rhos
+
     @torch.no_grad()
     def perturbation(self):
         """eps for every parameter with a gradient, as a list of (param, eps)."""
-        items = self._ascent_direction()
-        if not items:
-            return []
-        params, us, scales, rhos = map(list, zip(*items))
-        if self.p == 2:  # the common case: fused kernels, and no host sync
-            norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(us, 2)))
-            alive = torch.isfinite(norm) & (norm > 0)
-            eps = torch._foreach_mul(us, torch.where(alive, 1 / norm, torch.zeros_like(norm)))
-        else:
-            eps = [d[0] for d in unit_ascent([u[None] for u in us], self.p)]
-        torch._foreach_mul_(eps, rhos)
-        eps = [e if s is None else e * s for e, s in zip(eps, scales)]
-        return [(param, e.to(param.dtype)) for param, e in zip(params, eps)]
+        params, eps, inv, rhos = self._perturbation()
+        if inv is not None:
+            eps = [e * inv * rho for e, rho in zip(eps, rhos)]
+        return [(p, e.to(p.dtype)) for p, e in zip(params, eps)]
 
     @torch.no_grad()
     def first_step(self, zero_grad=False):
         """w <- w + eps(w). Saves w so that second_step restores it exactly."""
-        pairs = self.perturbation()
-        if pairs:
-            params, eps = map(list, zip(*pairs))
-            self._saved = (params, [param.detach().clone() for param in params])
-            torch._foreach_add_(params, eps)
-        if zero_grad:
-            self.zero_grad()
+        params, eps, inv, rhos = self._perturbation()
+        if params:
+            # w is saved to a buffer kept across steps (a fresh clone costs an allocation per
+            # tensor and step). Copies convert dtype and device exactly, so only a new shape or
+            # a wider dtype (model.float() after model.half()) needs a new buffer.
+            saved = [self._buffers.get(param) for param in params]
+            if any(s is None or s.shape != p.shape or s.dtype != p.dtype
+                   for s, p in zip(saved, params)):
+                saved = [param.detach().clone() for param in params]
+                self._buffers = dict(zip(params, saved))
+            else:
+                torch._foreach_copy_(saved, params)
+            self._saved = (params, saved)
+            if inv is None:
+                torch._foreach_add_(params, [e.to(p.dtype) for p, e in zip(params, eps)])
+            else:  # w += rho * d * inv, computed in float32 and rounded once to w's dtype
+                torch._foreach_addcmul_(params, eps, [inv] * len(eps), rhos)
+        if zero_grad:  # Optimizer.zero_grad() costs ~15 us of Python on a small model; every
+            for param in params:  # param with a gradient is in `params`
+                param.grad = None
 
-    @torch.no_grad()
     def restore(self):
         """Put back the weights saved by first_step (a no-op if nothing is saved)."""
         if self._saved is not None:
-            torch._foreach_copy_(*self._saved)
+            with torch.no_grad():
+                torch._foreach_copy_(*self._saved)
             self._saved = None
 
     def second_step(self, zero_grad=False):
@@ -180,19 +206,17 @@ def bn_update_once(model: nn.Module):
     """Run SAM's second forward without counting it in BatchNorm's running statistics.
 
     BN stays in train mode (batch statistics normalise the perturbed forward, as in the clean
-    one); only the running buffers are snapshotted and put back afterwards, so after a SAM step
-    they equal those after a single clean forward.
+    one); only its `track_running_stats` flag is off for the block, so the forward neither
+    updates the running buffers nor counts the batch, and after a SAM step they equal those
+    after a single clean forward. (Flipping the flag costs no tensor op; snapshotting and
+    restoring the buffers cost 6 per BN layer and step.)
     """
-    saved = []
-    for m in model.modules():
-        if isinstance(m, _BN) and m.track_running_stats and m.training:
-            saved.append((m, m.running_mean.clone(), m.running_var.clone(),
-                          m.num_batches_tracked.clone()))
+    modules = [m for m in model.modules()
+               if isinstance(m, _BN) and m.track_running_stats and m.training]
+    for m in modules:
+        m.track_running_stats = False
     try:
         yield
     finally:
-        with torch.no_grad():
-            for m, mean, var, count in saved:
-                m.running_mean.copy_(mean)
-                m.running_var.copy_(var)
-                m.num_batches_tracked.copy_(count)
+        for m in modules:
+            m.track_running_stats = True

@@ -83,6 +83,46 @@ def test_restore_is_bit_exact():
     assert all(torch.equal(a, b) for a, b in zip(before, params))
 
 
+@pytest.mark.parametrize("p", [2.0, 3.0])
+def test_per_group_rho_scales_each_groups_share_of_the_global_direction(p):
+    params = _params_with_grads(6)
+    opt = SAM([{"params": params[:1], "rho": 0.1}, {"params": params[1:]}], torch.optim.SGD,
+              rho=0.4, p=p, lr=0.1)
+    got = [e for _, e in opt.perturbation()]
+    unit = [e for _, e in SAM(params, torch.optim.SGD, rho=1.0, p=p, lr=0.1).perturbation()]
+    for e, u, rho in zip(got, unit, (0.1, 0.4, 0.4)):
+        torch.testing.assert_close(e, rho * u)
+    before = [q.detach().clone() for q in params]
+    opt.first_step()  # the fused multiply-add applies the same eps
+    for q, b, e in zip(params, before, got):
+        torch.testing.assert_close(q.detach(), b + e)
+
+
+def test_restore_stays_bit_exact_with_the_reused_buffer():
+    params = _params_with_grads(7)
+    opt = SAM(params, torch.optim.SGD, rho=0.7, lr=0.1, momentum=0.9)
+    for step in range(4):
+        if step == 2:
+            params[1].grad = None  # a parameter without a gradient is neither moved nor saved
+        before = [q.detach().clone() for q in params]
+        opt.first_step(zero_grad=True)
+        assert all(q.grad is None for q in params)
+        assert step != 2 or torch.equal(params[1], before[1])
+        opt.restore()
+        assert all(torch.equal(a, b) for a, b in zip(before, params))
+        for q in params:
+            q.grad = torch.randn_like(q)
+        opt.base_optimizer.step()  # new weights, so a stale buffer would show
+
+
+def test_bn_update_once_restores_the_flag_on_error():
+    net = _net(4)
+    with pytest.raises(RuntimeError), bn_update_once(net):
+        assert not net[1].track_running_stats
+        raise RuntimeError
+    assert net[1].track_running_stats
+
+
 def _net(seed):
     torch.manual_seed(seed)
     return nn.Sequential(nn.Linear(6, 16), nn.BatchNorm1d(16), nn.Tanh(), nn.Linear(16, 3))
