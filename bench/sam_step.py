@@ -15,15 +15,14 @@ import argparse
 import copy
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from report import Report
 
 from sam_lab import models
 from sam_lab.optim import SAM
 from sam_lab.train import train_epoch
 
-OUT = Path(__file__).parent / "out"
 CASES = [("mlp", 64), ("mlp", 256), ("cnn5", 16)]  # double-descent sizes on MNIST-1D
 BATCH = 100
 
@@ -67,19 +66,17 @@ def main():
     parser.add_argument("--steps", type=int, default=20, help="steps per timed epoch")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    lines = [f"SAM step / base step (SGD momentum, rho 0.05, p 2), batch {BATCH} x 1 x 40, "
-             f"{args.threads} thread(s), median of {args.repeats} x {args.steps} steps; "
-             "limit 2.0, goal <= 2.05"]
-    print(lines[0], flush=True)
+    report = Report("sam_step")
+    report.say(f"SAM step / base step (SGD momentum, rho 0.05, p 2), batch {BATCH} x 1 x 40, "
+               f"{args.threads} thread(s), median of {args.repeats} x {args.steps} steps; "
+               "limit 2.0, goal <= 2.05")
     for name, width in CASES:
         n_params = models.count_params(models.build(name, (1, 40), 10, width))
         base, medians, ratios = bench_case(name, width, args.repeats, args.steps)
         line = (f"{name:5s} width {width:3d} ({n_params:7d} params): base {1e3 * base:.2f} ms/step"
                 f" | sam {1e3 * medians['sam']:.2f} ms, ratio {ratios['sam']:.2f}")
-        print(line, flush=True)
-        lines.append(line)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "sam_step.txt").write_text("\n".join(lines) + "\n")
+        report.say(line)
+    report.save()
 
 
 if __name__ == "__main__":

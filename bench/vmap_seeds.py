@@ -20,14 +20,13 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from report import Report
 
 from sam_lab.train import classify
 from sam_lab.vectorized import classify_packed
 
-OUT = Path(__file__).parent / "out"
 MNIST1D_MLP = dict(dataset="mnist1d", n_train=4000, label_noise=0.15, model="mlp", depth=2,
                    optimizer="sgd", lr=0.01, momentum=0.9, batch_size=100)
 
@@ -67,20 +66,18 @@ def main():
     torch.set_num_threads(args.threads)
     base = dict(MNIST1D_MLP, width=args.width, epochs=args.epochs, eval_every=args.epochs)
     list(classify({**base, "epochs": 1}))  # warm-up: builds and caches MNIST-1D
-    lines = [f"K={args.k} packed vs sequential, MNIST-1D MLP width {args.width}, "
-             f"{args.epochs} epochs x 40 steps, {args.threads} thread(s), median of "
-             f"{args.repeats}; goal >= 5x"]
-    print(lines[0], flush=True)
+    report = Report("vmap_seeds")
+    report.say(f"K={args.k} packed vs sequential, MNIST-1D MLP width {args.width}, "
+               f"{args.epochs} epochs x 40 steps, {args.threads} thread(s), median of "
+               f"{args.repeats}; goal >= 5x")
     for label, rho in (("sgd", 0.0), ("sam rho 0.05", 0.05)):
         configs = [{**base, "seed": seed, "rho": rho} for seed in range(args.k)]
         wall, cpu, packed_wall = compare(configs, args.repeats)
         steps = args.k * args.epochs * 40
         line = (f"{label:12s}: throughput packed / sequential {wall:.1f}x wall, {cpu:.1f}x CPU "
                 f"(packed: {steps / packed_wall:.0f} model-steps/s)")
-        print(line, flush=True)
-        lines.append(line)
-    OUT.mkdir(exist_ok=True)
-    (OUT / "vmap_seeds.txt").write_text("\n".join(lines) + "\n")
+        report.say(line)
+    report.save()
 
 
 if __name__ == "__main__":

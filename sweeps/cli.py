@@ -96,10 +96,12 @@ def _plan(spec, statuses: dict, rerun_failed: bool):
 def _print_table(spec, statuses: dict, todo):
     todo_ids = {t.trial_id for t in todo}
     keys = list(spec.grid) + ["seed"]
+    pack_of = {t.trial_id: str(i) for i, unit in enumerate(spec.units(todo)) for t in unit}
     rows = [[t.trial_id, "run" if t.trial_id in todo_ids else "skip",
-             statuses.get(t.trial_id, "-"), *[str(v) for v in t.point.values()], str(t.seed)]
+             statuses.get(t.trial_id, "-"), *[str(v) for v in t.point.values()], str(t.seed),
+             *([pack_of.get(t.trial_id, "-")] if spec.pack else [])]
             for t in spec.trials]
-    header = ["trial_id", "action", "status", *keys]
+    header = ["trial_id", "action", "status", *keys, *(["pack"] if spec.pack else [])]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())

@@ -33,6 +33,17 @@ TINY = {
 }
 
 
+@pytest.fixture
+def one_thread():
+    """The machine is shared: one intra-op thread per test process, as trials use."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 def write_spec(directory: Path, spec: dict | str, name: str = "spec.yaml") -> Path:
     path = Path(directory) / name
     path.write_text(spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False))

@@ -18,13 +18,7 @@ BN_CNN = dict(dataset="digits", model="cnn5", width=4, epochs=5, lr=0.05, curve_
               curve_epochs=5, threads=1)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread per test process, as trials use."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(config):

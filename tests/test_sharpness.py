@@ -14,13 +14,7 @@ from sam_lab.train import classify
 SWEEPS = Path(__file__).resolve().parent.parent / "sweeps"
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread per test process, as trials use."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _trained_tiny_mlp():

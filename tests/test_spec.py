@@ -113,3 +113,12 @@ def test_pack_groups_trials_that_differ_only_in_the_pack_keys(tmp_path):
     assert [t.trial_id for t in both.trials] == [t.trial_id for t in s.trials]  # ids unchanged
     plain = load(tmp_path, {"pack": "seeds"}, overrides=["pack=none"])
     assert plain.pack == () and all(len(u) == 1 for u in plain.units(plain.trials))
+
+
+def test_dry_run_shows_which_trials_share_a_pack(tmp_path, capsys):
+    path = write_spec(tmp_path, {**TINY, "seeds": 2, "pack": "seeds"})
+    assert cli.main(["sweep", str(path), "--results", str(tmp_path / "r"), "--dry-run"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[-1] == "pack"
+    packs = [line.split()[-1] for line in lines[1:9]]
+    assert packs == ["0", "0", "1", "1", "2", "2", "3", "3"]  # the two seeds of each point
