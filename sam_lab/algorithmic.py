@@ -64,18 +64,39 @@ def split(n: int, train_fraction: float, seed: int) -> tuple[torch.Tensor, torch
 
 
 class EmbedMLP(nn.Module):
-    """Shared token embedding of a and b, concatenated, then `depth` ReLU layers of `width`."""
+    """Shared token embedding of a and b, concatenated, then `depth` ReLU layers of `width`.
+
+    The forward pass computes `self.mlp(self.embed(pairs).flatten(1))` (see `reference_forward`)
+    with the first Linear folded into the lookup:
+    concat(E[a], E[b]) @ W1^T + b1 == (E @ W1a^T + b1)[a] + (E @ W1b^T)[b], W1 = [W1a | W1b].
+    The product runs on the p-row table instead of the n pairs and the first layer needs no
+    gradient with respect to its n inputs: at p = 97, 3763 pairs, width 256 that removes 15% of
+    a full-batch step's matmul work. The tables are rebuilt from the same parameters on every
+    call, so the parameters, their gradients and the optimizer state are the plain model's up to
+    float rounding.
+    """
 
     def __init__(self, p: int, width: int = 256, depth: int = 2, embed_dim: int = 32):
         super().__init__()
         self.embed = nn.Embedding(p, embed_dim)
         layers, d_in = [], 2 * embed_dim
         for _ in range(depth):
-            layers += [nn.Linear(d_in, width), nn.ReLU()]
+            # In place: ReLU's backward needs only its output, and this saves a (n, width)
+            # buffer and a pass over it per layer.
+            layers += [nn.Linear(d_in, width), nn.ReLU(inplace=True)]
             d_in = width
         self.mlp = nn.Sequential(*layers, nn.Linear(d_in, p))
 
     def forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        first = self.mlp[0]
+        table = self.embed.weight
+        w_a, w_b = first.weight.chunk(2, dim=1)
+        hidden = (F.embedding(pairs[:, 0], torch.addmm(first.bias, table, w_a.T))
+                  + F.embedding(pairs[:, 1], table @ w_b.T))
+        return self.mlp[1:](hidden)
+
+    def reference_forward(self, pairs: torch.Tensor) -> torch.Tensor:
+        """The same function, unfolded (the tests compare the two)."""
         return self.mlp(self.embed(pairs).flatten(1))
 
 

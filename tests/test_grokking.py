@@ -1,17 +1,23 @@
 """Grokking: data, config errors, reproducibility, the figures, and (slow) real grokking."""
 
 import itertools
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torch.nn.functional as F
 
 from analysis import grokking as grok_figures
-from sam_lab.algorithmic import OPERATIONS, Transformer, make_pairs, split
+from sam_lab.algorithmic import OPERATIONS, EmbedMLP, Transformer, make_pairs, split
 from sam_lab.config import ConfigError
 from sam_lab.trials import grokking
 
+ROOT = Path(__file__).resolve().parents[1]
+SAM_LAB = str(Path(sys.executable).parent / "sam-lab")
 TINY = dict(modulus=11, train_fraction=0.5, width=16, embed_dim=8, steps=30, eval_points=10)
 
 
@@ -114,6 +120,29 @@ def test_transformer_last_block_shortcut_matches_the_full_causal_pass():
     assert torch.allclose(logits, model.unembed(x[:, -1]), atol=1e-5)
 
 
+def test_folded_mlp_trains_exactly_like_the_plain_one():
+    """The first Linear folded into the embedding lookup: same state_dict, same outputs, and after
+    AdamW steps (weight decay 1, as in the trial) the same gradients and parameters."""
+    pairs, labels = make_pairs("x+y", 23)
+    trained = {}
+    for forward in ("forward", "reference_forward"):
+        torch.manual_seed(0)
+        model = EmbedMLP(23, width=32, depth=2, embed_dim=8)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-2, betas=(0.9, 0.98), weight_decay=1.0)
+        for _ in range(5):
+            opt.zero_grad()
+            F.cross_entropy(getattr(model, forward)(pairs[:300]), labels[:300]).backward()
+            opt.step()
+        trained[forward] = model
+    folded, plain = trained["forward"], trained["reference_forward"]
+    assert list(folded.state_dict()) == list(plain.state_dict())
+    for (name, a), b in zip(folded.named_parameters(), plain.parameters()):
+        assert torch.allclose(a.grad, b.grad, rtol=1e-4, atol=1e-6), name
+        assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), name
+    assert torch.allclose(folded(pairs), plain.reference_forward(pairs), atol=1e-5)
+    assert torch.allclose(plain(pairs), plain.reference_forward(pairs), atol=1e-5)
+
+
 def test_non_finite_loss_raises():
     with pytest.raises(FloatingPointError, match="init_scale"):
         run_all({**TINY, "init_scale": 1e30})
@@ -198,3 +227,33 @@ def test_reduced_setup_groks():
     assert at_train_99["test_acc"] < 0.5  # memorized first, not merely slow to fit
     assert summary["early_stopped"] and summary["test_acc"] >= 0.99
     assert summary["steps_run"] >= summary["step_test_99"] + 300
+
+
+# The reduced 4x4 variant of sweeps/grokking/fraction_wd.yaml (its description has the measured
+# outcome and runtime): p = 59, one seed, 3,000 steps at most.
+FRACTION_WD_4X4 = ["modulus=59", "width=128", "lr=2e-3", "steps=3000", "early_stop=200",
+                   "train_fraction=[0.3,0.4,0.6,0.8]", "weight_decay=[0.1,0.3,1,3]"]
+
+
+@pytest.mark.slow
+def test_fraction_wd_grid_has_a_monotone_boundary(tmp_path):
+    """Through `sam-lab sweep` and `sam-lab plot`: more data and more weight decay generalize
+    sooner, so the cells that reach 99% test accuracy form an up-set of the grid."""
+    sweep = [SAM_LAB, "sweep", str(ROOT / "sweeps/grokking/fraction_wd.yaml"),
+             "--results", str(tmp_path)]
+    for value in FRACTION_WD_4X4:
+        sweep += ["--set", value]
+    subprocess.run(sweep, check=True, cwd=tmp_path, timeout=900)
+    subprocess.run([SAM_LAB, "plot", "grok-fraction-wd"], check=True, cwd=tmp_path, timeout=300)
+    trials = pd.read_parquet(tmp_path / "grok-fraction-wd" / "trials.parquet")
+    assert len(trials) == 16 and (trials.status == "ok").all(), trials[["trial_id", "error"]]
+
+    cells = {(r.train_fraction, r.weight_decay): r.step_test_99 for r in trials.itertuples()}
+    done = {cell for cell, step in cells.items() if pd.notna(step)}
+    table = trials.pivot(index="weight_decay", columns="train_fraction", values="step_test_99")
+    assert done and len(done) < len(cells), table
+    for f, w in done:
+        assert all((f2, w2) in done for f2, w2 in cells if f2 >= f and w2 >= w), table
+    figures = {p.name for p in (tmp_path / "grok-fraction-wd" / "figures").glob("*.png")}
+    assert {"grok_steps_train_fraction_weight_decay.png",
+            "grok_phase_train_fraction_weight_decay.png"} <= figures
