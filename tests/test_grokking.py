@@ -212,23 +212,6 @@ def test_figures_follow_the_grid(tmp_path):
     assert grok_figures.make_figures(one_seed, no_curves, one, tmp_path / "1") == []
 
 
-# A reduced grokking setup measured on the 2-core dev machine (seeds 0/1/2): train 99% at step
-# ~120, test 99% at steps 1.9k / 2.8k / 4.1k, 35-56 s each on one thread. Seed 0 costs ~40 s.
-REDUCED = dict(operation="x+y", modulus=59, train_fraction=0.6, model="mlp", width=128, lr=2e-3,
-               weight_decay=1.0, steps=8000, early_stop=300, seed=0)
-
-
-@pytest.mark.slow
-def test_reduced_setup_groks():
-    rows, summary = run_all(REDUCED)
-    assert summary["phase"] == "grokking"
-    assert summary["grok_delay"] >= 1000
-    at_train_99 = next(r for r in rows if r["step"] == summary["step_train_99"])
-    assert at_train_99["test_acc"] < 0.5  # memorized first, not merely slow to fit
-    assert summary["early_stopped"] and summary["test_acc"] >= 0.99
-    assert summary["steps_run"] >= summary["step_test_99"] + 300
-
-
 # The reduced 4x4 variant of sweeps/grokking/fraction_wd.yaml (its description has the measured
 # outcome and runtime): p = 59, one seed, 3,000 steps at most.
 FRACTION_WD_4X4 = ["modulus=59", "width=128", "lr=2e-3", "steps=3000", "early_stop=200",
@@ -254,6 +237,14 @@ def test_fraction_wd_grid_has_a_monotone_boundary(tmp_path):
     assert done and len(done) < len(cells), table
     for f, w in done:
         assert all((f2, w2) in done for f2, w2 in cells if f2 >= f and w2 >= w), table
+
+    # Its (60% data, wd 1) cell is the reduced setup of the CI: memorised first, then grokked.
+    cell = trials.set_index(["train_fraction", "weight_decay"]).loc[(0.6, 1.0)]
+    assert cell.phase == "grokking" and cell.grok_delay >= 1000 and cell.early_stopped
+    curve = pd.read_parquet(tmp_path / "grok-fraction-wd" / "curves" / f"{cell.trial_id}.parquet")
+    assert curve.set_index("step").test_acc[cell.step_train_99] < 0.5  # not merely slow to fit
+    assert cell.test_acc >= 0.99 and cell.steps_run >= cell.step_test_99 + 200
+
     figures = {p.name for p in (tmp_path / "grok-fraction-wd" / "figures").glob("*.png")}
     assert {"grok_steps_train_fraction_weight_decay.png",
             "grok_phase_train_fraction_weight_decay.png"} <= figures
