@@ -5,6 +5,12 @@
     model = EmbedMLP(97, width=256, depth=2)     # or Transformer(97, depth=2, d_model=128, heads=4)
     logits = model(pairs[train_idx])             # (n, p): the class is the answer c
 
+Power et al.'s full task list: the nine polynomial/arithmetic operations mod p, "x//y_or_x-y"
+((x // y) mod p if y is odd, else (x - y) mod p, with // integer floor division), and three on
+the group S5 of the 120 permutations of 5 elements, whose tokens index the permutations in
+`itertools.permutations(range(5))` order and whose product is composition, (x*y)(i) = x(y(i)):
+"s5:x*y", "s5:x*y*x^-1" (conjugation) and "s5:x*y*x". `vocab_size` is p, or 120 for S5.
+
 Both models take a batch of (a, b) token pairs. The transformer reads the sequence [a, b, =] and
 predicts from the last position, which carries the same information as Power's
 "a <op> b = c" with one fixed operation.
@@ -12,6 +18,8 @@ predicts from the last position, which carries the same information as Power's
 
 from __future__ import annotations
 
+import functools
+import itertools
 import math
 
 import torch
@@ -34,7 +42,40 @@ OPERATIONS = {
     "x^2+xy+y^2+x": lambda a, b, p: a**2 + a * b + b**2 + a,
     "x^3+xy": lambda a, b, p: a**3 + a * b,
     "x^3+xy^2+y": lambda a, b, p: a**3 + a * b**2 + b,
+    "x//y_or_x-y": lambda a, b, p: torch.where(b % 2 == 1, a // b.clamp(min=1), a - b),
 }
+
+
+@functools.cache
+def _s5():
+    """(perms (120, 5), inverse index (120,), table[i, j] = index of perm_i o perm_j)."""
+    perms = torch.tensor(list(itertools.permutations(range(5))))
+    index = {tuple(q.tolist()): i for i, q in enumerate(perms)}
+    compose = perms[:, None, :].expand(-1, 120, -1).gather(2, perms[None].expand(120, -1, -1))
+    table = torch.tensor([[index[tuple(r)] for r in row] for row in compose.tolist()])
+    inverse = torch.tensor([index[tuple(q.argsort().tolist())] for q in perms])
+    return perms, inverse, table
+
+
+def _s5_op(fn):
+    def op(a, b, p):
+        _, inverse, table = _s5()
+        return fn(a, b, table, inverse)
+    return op
+
+
+S5_OPERATIONS = {
+    "s5:x*y": _s5_op(lambda a, b, mul, inv: mul[a, b]),
+    "s5:x*y*x^-1": _s5_op(lambda a, b, mul, inv: mul[mul[a, b], inv[a]]),
+    "s5:x*y*x": _s5_op(lambda a, b, mul, inv: mul[mul[a, b], a]),
+}
+OPERATIONS.update(S5_OPERATIONS)
+S5_ORDER = 120
+
+
+def vocab_size(operation: str, p: int) -> int:
+    """The number of operand (and answer) tokens: 120 for S5 tasks, else the modulus p."""
+    return S5_ORDER if operation in S5_OPERATIONS else p
 
 
 def is_prime(n: int) -> bool:
@@ -42,16 +83,18 @@ def is_prime(n: int) -> bool:
 
 
 def make_pairs(operation: str, p: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Every pair (a, b) in Z_p x Z_p (b != 0 for x/y) as an (n, 2) int64 tensor, and labels."""
+    """Every pair (a, b) of tokens (Z_p x Z_p, b != 0 for x/y; S5 x S5) as an (n, 2) int64
+    tensor, and labels."""
     if operation not in OPERATIONS:
         raise ValueError(f"unknown operation {operation!r}; allowed: {', '.join(OPERATIONS)}")
     if operation == "x/y" and not is_prime(p):
         raise ValueError(f"x/y needs a prime modulus (every b != 0 invertible); got {p}")
-    a, b = torch.cartesian_prod(torch.arange(p), torch.arange(p)).unbind(1)
+    n = vocab_size(operation, p)
+    a, b = torch.cartesian_prod(torch.arange(n), torch.arange(n)).unbind(1)
     if operation == "x/y":
         a, b = a[b != 0], b[b != 0]
     # int64 holds p^3 + p^3 + p for any p below ~1e6, so reducing once at the end is exact.
-    labels = OPERATIONS[operation](a, b, p) % p
+    labels = OPERATIONS[operation](a, b, p) % n
     return torch.stack([a, b], 1), labels
 
 

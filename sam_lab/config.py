@@ -7,6 +7,16 @@ plain dict against it (unknown key, wrong type, value out of range) and raises o
 Range checks live in field metadata so the error message can state what is allowed:
     width: int = field(default=64, metadata=dict(ge=1))
     model: str = field(default="mlp", metadata=dict(choices=("mlp", "cnn5")))
+Floats must be finite unless the field says `allow_inf=True` (SAM's p = inf); nan never passes.
+
+`identity(cls, config)` is the part of a config that defines its result, which a sweep hashes
+into a trial_id. Two field declarations keep finished results valid when a key is added:
+    legacy=v        the value that reproduces the behaviour from before the key existed; the key
+                    is left out of the identity at that value
+    applies=f       f(config dict) -> bool: the key matters only where f is true (grokfast_alpha
+                    only with a grokfast filter); left out elsewhere
+and a Config class may list `ID_CHANGES = {name: f}`: behaviour changed on purpose for the
+configs where f(config) is true, so their identity carries the name and their ids change.
 """
 
 from __future__ import annotations
@@ -17,7 +27,7 @@ import types
 import typing
 from dataclasses import field  # re-exported for config modules
 
-__all__ = ["ConfigError", "parse", "field", "as_dict"]
+__all__ = ["ConfigError", "parse", "field", "as_dict", "identity"]
 
 
 class ConfigError(ValueError):
@@ -79,6 +89,9 @@ def _check_range(key: str, value, meta: dict):
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         if isinstance(value, float) and math.isnan(value):
             raise ConfigError(key, "got nan")
+        if isinstance(value, float) and math.isinf(value) and not meta.get("allow_inf"):
+            raise ConfigError(key, f"got {value!r}; allowed: a finite number"
+                              + (f" {_allowed(meta)}" if _allowed(meta) else ""))
         ok = all(
             (
                 "ge" not in meta or value >= meta["ge"],
@@ -117,3 +130,23 @@ def parse(cls, raw: dict | None = None, **overrides):
 
 def as_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
+
+
+def identity(cls, config: dict) -> dict:
+    """The keys of a (fully defaulted) config that define its result: every field except those
+    at their `legacy` value or outside their `applies` condition, plus `id_changes`, the names
+    of the class's ID_CHANGES that hold for it (omitted when none do)."""
+    out = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in config:
+            continue
+        value = config[f.name]
+        if "legacy" in f.metadata and value == f.metadata["legacy"]:
+            continue
+        if "applies" in f.metadata and not f.metadata["applies"](config):
+            continue
+        out[f.name] = value
+    changes = [name for name, holds in getattr(cls, "ID_CHANGES", {}).items() if holds(config)]
+    if changes:
+        out["id_changes"] = changes
+    return out

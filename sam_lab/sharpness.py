@@ -11,7 +11,9 @@ Choices:
   and no BN buffer moves. Weights, buffers, .grad and every module's train/eval flag are put back
   exactly as found, and the global RNG is not touched (private generators), so measuring in the
   middle of training does not change the rest of the run.
-- Hessian-vector products are double backward through one retained graph per call.
+- Hessian-vector products are double backward through one retained graph per call. Attention
+  runs on the MATH backend while measuring: the fused scaled-dot-product kernels (flash on CPU,
+  flash and memory-efficient on CUDA) have no double backward.
 - Power iteration finds the eigenvalues of largest magnitude. Near a minimum the top one is
   lambda_max; far from one a large negative eigenvalue could come first (reported with its sign).
   Top-k uses deflation: each probe is kept orthogonal to the eigenvectors already found.
@@ -32,18 +34,21 @@ import math
 
 import torch
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from sam_lab.optim import SAM
 
 
 @contextlib.contextmanager
 def measuring(model: nn.Module):
-    """Eval mode inside; weights, buffers and train/eval flags restored exactly on exit."""
+    """Eval mode and the MATH attention backend inside; weights, buffers and train/eval flags
+    restored exactly on exit."""
     saved_state = {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()}
     saved_modes = [(m, m.training) for m in model.modules()]
     model.eval()
     try:
-        yield
+        with sdpa_kernel(SDPBackend.MATH):
+            yield
     finally:
         with torch.no_grad():
             for k, v in model.state_dict(keep_vars=True).items():

@@ -5,7 +5,7 @@
 
 A spec is a study: `name` (the results folder and MLflow experiment), `experiment` (a family in
 `sam_lab.trials`), `description`, `base` (config shared by all trials), `grid` (a cartesian
-product of config values), `seeds` (a list, or n meaning 0..n-1), `resources` (per trial) and
+product of config values; missing or {} = the base config alone), `seeds` (a list, or n meaning 0..n-1), `resources` (per trial) and
 `failure_retries` (how often a trial lost to a dead worker or node is restarted), and `pack`
 with `pack_size` (train up to pack_size trials that differ only in the `pack` keys in one process,
 vmapped; see `Spec.units`).
@@ -13,11 +13,13 @@ vmapped; see `Spec.units`).
 Everything is checked here, before Ray or MLflow start, and any problem is one `SpecError` line
 naming the file, the key and what is allowed.
 
-trial_id is a hash of the experiment name and the *fully defaulted* config (seed included), minus
-EXECUTION_KEYS: knobs that say where and how a trial runs, not what it computes. So listing a
-default value in base does not change ids, a trial finished on 1 thread or on a GPU counts as
-done when the sweep is resumed with other resources, and any other change (a new default in
-code, a new field) gives new ids, never a stale result.
+trial_id is a hash of the experiment name and the *fully defaulted* config's identity (seed
+included; see `sam_lab.config.identity`), minus EXECUTION_KEYS: knobs that say where and how a
+trial runs, not what it computes. So listing a default value in base does not change ids, a trial
+finished on 1 thread or on a GPU counts as done when the sweep is resumed with other resources,
+a new key at its `legacy` value leaves every id alone, and any change of what a trial computes (a
+new default in code, a fix listed in a Config's ID_CHANGES) gives new ids, never a stale result.
+tests/golden/trial_ids.json pins the ids of every shipped spec.
 """
 
 from __future__ import annotations
@@ -34,12 +36,12 @@ from pathlib import Path
 import yaml
 
 from sam_lab import trials as families
-from sam_lab.config import ConfigError, parse
+from sam_lab.config import ConfigError, identity, parse
 
 EXECUTION_KEYS = frozenset({"threads", "device", "data_dir", "download"})
-REQUIRED = ("name", "experiment", "grid", "seeds")
-OPTIONAL = {"description": "", "base": {}, "resources": {"cpu": 1, "gpu": 0}, "failure_retries": 2,
-            "pack": None, "pack_size": 16}
+REQUIRED = ("name", "experiment", "seeds")
+OPTIONAL = {"description": "", "base": {}, "grid": {}, "resources": {"cpu": 1, "gpu": 0},
+            "failure_retries": 2, "pack": None, "pack_size": 16}
 RESOURCE_KEYS = ("cpu", "gpu", "gpu_memory_gb")
 MIN_GPU_SHARE = 1 / 16  # `gpu: auto` never packs more trials than this onto one GPU
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -135,8 +137,12 @@ def _show(point: dict) -> str:
 
 
 def trial_id(experiment: str, config: dict) -> str:
-    identity = {k: v for k, v in config.items() if k not in EXECUTION_KEYS}
-    blob = json.dumps({"experiment": experiment, "config": identity}, sort_keys=True,
+    """A hash of the experiment and the config's identity (`sam_lab.config.identity`: keys at
+    their `legacy` value or outside their `applies` condition left out, so a new key leaves the
+    ids of finished trials alone), minus EXECUTION_KEYS."""
+    kept = identity(families.get(experiment).Config, config)
+    identity_ = {k: v for k, v in kept.items() if k not in EXECUTION_KEYS}
+    blob = json.dumps({"experiment": experiment, "config": identity_}, sort_keys=True,
                       separators=(",", ":"), allow_nan=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 
@@ -256,9 +262,12 @@ def gpu_share(family, configs: list[dict], resources: dict) -> float:
 
 
 def _grid(path, value) -> dict:
-    if not isinstance(value, dict) or not value:
+    """The grid as a mapping; none (a missing or empty `grid`) means the base config x seeds."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
         raise SpecError(f"{path}: grid: expected a mapping of config keys to lists of values, "
-                        "e.g. {width: [4, 16]}")
+                        "e.g. {width: [4, 16]}, or {} for the base config alone")
     for key, values in value.items():
         if not isinstance(values, list) or not values:
             raise SpecError(f"{path}: grid.{key}: expected a non-empty list of values, "

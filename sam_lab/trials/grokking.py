@@ -4,10 +4,12 @@
     for row in grokking.run({"train_fraction": 0.4, "steps": 20000}):
         print(row["step"], row["train_acc"], row["test_acc"])
 
-Training is AdamW (betas 0.9, 0.98) with a linear warmup over `warmup_steps` and a constant lr
+Training is AdamW (betas `beta1`, `beta2`: 0.9, 0.98 as in Power et al.; torch's default beta2
+0.999 groks R4 about twice as early) with a linear warmup over `warmup_steps` and a constant lr
 after it, full batch (`batch_size: 0`) or shuffled minibatches, and SAM around AdamW when rho > 0
 (weight decay stays in AdamW, out of the ascent step). A step is one optimizer update, SAM's two
-passes included. `init_scale` multiplies every initial parameter (Omnigrok's alpha). `seed` fixes
+passes included. `grokfast: ema | ma` filters the gradient before each AdamW step (with SAM,
+the gradient at w + eps; see sam_lab.grokfast). `init_scale` multiplies every initial parameter (Omnigrok's alpha). `seed` fixes
 the train/test split, the initialisation and the minibatch order.
 
 Evaluation runs on every pair (no grad) at `eval_points` log-spaced steps, deduplicated to
@@ -17,13 +19,16 @@ evaluated steps with train / test accuracy >= `threshold`, so they are late by a
 interval, a fraction steps^(1/eval_points) - 1 of the step (4.7% for 1e4 steps and 200 points).
 
 Phase (after Liu et al. 2022, "Towards understanding grokking", with `threshold` for both
-accuracies, 0.99 by default where Liu et al. used 0.9, and a delay cut of GROK_DELAY = 1000 steps):
-  comprehension  train and test reach the threshold, test less than 1000 steps after train
-  grokking       train and test reach it, test at least 1000 steps after train
+accuracies, 0.99 by default where Liu et al. used 0.9, and a delay cut of `grok_delay_steps`,
+1000 by default as theirs):
+  comprehension  train and test reach the threshold, test less than grok_delay_steps after train
+  grokking       train and test reach it, test at least grok_delay_steps after train
   memorization   train reaches it, test never does
   confusion      train never does
 `early_stop: k > 0` stops once test (and train) accuracy has stayed >= threshold for k steps
 between evaluations; that affects no per-trial number above, only the run time.
+`grok_ratio = step_test_99 / step_train_99` is a scale-free alternative to the absolute cut
+(on the log-spaced eval grid an absolute cut flips between neighbouring eval steps).
 """
 
 from __future__ import annotations
@@ -34,18 +39,30 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from sam_lab.algorithmic import OPERATIONS, EmbedMLP, Transformer, is_prime, make_pairs, split
+from sam_lab.algorithmic import (
+    OPERATIONS,
+    S5_OPERATIONS,
+    EmbedMLP,
+    Transformer,
+    is_prime,
+    make_pairs,
+    split,
+    vocab_size,
+)
 from sam_lab.config import ConfigError, field, parse
+from sam_lab.grokfast import KINDS as GROKFAST_KINDS
+from sam_lab.grokfast import GradFilter
 from sam_lab.optim import SAM
 from sam_lab.train import resolve_device
 
-GROK_DELAY = 1000
+MAX_STEPS = 10**7
 
 
 @dataclasses.dataclass
 class Config:
     operation: str = field(default="x+y", metadata=dict(choices=tuple(OPERATIONS)))
-    modulus: int = field(default=97, metadata=dict(ge=2))
+    modulus: int = field(default=97, metadata=dict(  # S5 tasks have 120 tokens, no modulus
+        ge=2, applies=lambda c: c["operation"] not in S5_OPERATIONS))
     train_fraction: float = field(default=0.4, metadata=dict(gt=0.0, lt=1.0))
     model: str = field(default="mlp", metadata=dict(choices=("mlp", "transformer")))
     width: int = field(default=256, metadata=dict(ge=1))  # mlp hidden width
@@ -55,16 +72,26 @@ class Config:
     heads: int = field(default=4, metadata=dict(ge=1))
     layer_norm: bool = True  # transformer; False is Nanda et al.'s
     lr: float = field(default=1e-3, metadata=dict(gt=0.0))
+    beta1: float = field(default=0.9, metadata=dict(ge=0.0, lt=1.0, legacy=0.9))
+    beta2: float = field(default=0.98, metadata=dict(ge=0.0, lt=1.0, legacy=0.98))
     weight_decay: float = field(default=1.0, metadata=dict(ge=0.0))
-    warmup_steps: int = field(default=10, metadata=dict(ge=0))
+    warmup_steps: int = field(default=10, metadata=dict(ge=0, le=MAX_STEPS))
     batch_size: int = field(default=0, metadata=dict(ge=0))  # 0 = full batch
-    steps: int = field(default=20000, metadata=dict(ge=1))
+    steps: int = field(default=20000, metadata=dict(ge=1, le=MAX_STEPS))
+    grokfast: str = field(default="none", metadata=dict(choices=GROKFAST_KINDS, legacy="none"))
+    grokfast_alpha: float = field(default=0.98, metadata=dict(
+        ge=0.0, lt=1.0, applies=lambda c: c["grokfast"] == "ema"))
+    grokfast_lamb: float = field(default=2.0, metadata=dict(
+        ge=0.0, applies=lambda c: c["grokfast"] != "none"))
+    grokfast_window: int = field(default=100, metadata=dict(
+        ge=1, le=10**4, applies=lambda c: c["grokfast"] == "ma"))
     rho: float = field(default=0.0, metadata=dict(ge=0.0))
-    sam_p: float = field(default=2.0, metadata=dict(ge=1.0))
+    sam_p: float = field(default=2.0, metadata=dict(ge=1.0, allow_inf=True))
     init_scale: float = field(default=1.0, metadata=dict(gt=0.0))
     threshold: float = field(default=0.99, metadata=dict(gt=0.0, le=1.0))
-    early_stop: int = field(default=0, metadata=dict(ge=0))  # 0 = run all steps
-    eval_points: int = field(default=200, metadata=dict(ge=1))
+    early_stop: int = field(default=0, metadata=dict(ge=0, le=MAX_STEPS))  # 0 = all steps
+    eval_points: int = field(default=200, metadata=dict(ge=1, le=10**5))
+    grok_delay_steps: int = field(default=1000, metadata=dict(ge=0, le=MAX_STEPS, legacy=1000))
     measure_sharpness: bool = False  # lambda_max, hessian_trace, eps_sharpness at the end
     sharpness_rho: float = field(default=0.05, metadata=dict(gt=0.0))
     seed: int = 0
@@ -88,19 +115,20 @@ def eval_steps(steps: int, points: int) -> list[int]:
     return sorted({*grid.tolist(), steps})
 
 
-def phase(step_train: int | None, step_test: int | None) -> str:
+def phase(step_train: int | None, step_test: int | None, delay: int = 1000) -> str:
     if step_train is None:
         return "confusion"
     if step_test is None:
         return "memorization"
-    return "grokking" if step_test - step_train >= GROK_DELAY else "comprehension"
+    return "grokking" if step_test - step_train >= delay else "comprehension"
 
 
 def build_model(cfg: Config) -> torch.nn.Module:
+    tokens = vocab_size(cfg.operation, cfg.modulus)
     if cfg.model == "mlp":
-        model = EmbedMLP(cfg.modulus, cfg.width, cfg.depth, cfg.embed_dim)
+        model = EmbedMLP(tokens, cfg.width, cfg.depth, cfg.embed_dim)
     else:
-        model = Transformer(cfg.modulus, cfg.depth, cfg.d_model, cfg.heads, cfg.layer_norm)
+        model = Transformer(tokens, cfg.depth, cfg.d_model, cfg.heads, cfg.layer_norm)
     with torch.no_grad():
         for param in model.parameters():
             param.mul_(cfg.init_scale)
@@ -137,12 +165,14 @@ def run(config: dict):
     batch = min(cfg.batch_size or n_train, n_train)
 
     model = build_model(cfg).to(device)
-    adamw = dict(lr=cfg.lr, betas=(0.9, 0.98), weight_decay=cfg.weight_decay)
+    adamw = dict(lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), weight_decay=cfg.weight_decay)
     if cfg.rho > 0:
         opt = SAM(model.parameters(), torch.optim.AdamW, rho=cfg.rho, p=cfg.sam_p, **adamw)
     else:
         opt = torch.optim.AdamW(model.parameters(), **adamw)
 
+    gradient_filter = GradFilter(model.parameters(), cfg.grokfast, cfg.grokfast_alpha,
+                                 cfg.grokfast_lamb, cfg.grokfast_window)
     batches_per_epoch = n_train // batch  # drop the ragged tail so every step sees `batch` pairs
 
     def loss_on(xb, yb):
@@ -169,8 +199,10 @@ def run(config: dict):
         if cfg.rho > 0:
             opt.first_step(zero_grad=True)
             loss_on(xb, yb).backward()
+            gradient_filter()
             opt.second_step()
         else:
+            gradient_filter()
             opt.step()
 
         if step != next_eval:
@@ -205,7 +237,8 @@ def run(config: dict):
         step_train_99=step_train,
         step_test_99=step_test,
         grok_delay=None if step_train is None or step_test is None else step_test - step_train,
-        phase=phase(step_train, step_test),
+        grok_ratio=None if step_train is None or step_test is None else step_test / step_train,
+        phase=phase(step_train, step_test, cfg.grok_delay_steps),
         steps_run=row["step"],
         early_stopped=row["step"] < cfg.steps,
         train_acc=row["train_acc"],
