@@ -11,9 +11,10 @@ point, endpoints included, so 3 means one free bend; the endpoints stay fixed.
 Bends start evenly on the straight segment, so before training both kinds are the straight line
 with uniform speed; `Curve(..., kind="polychain", num_bends=2)` is the straight line itself.
 
-BatchNorm: a curve point has no running statistics of its own (Garipov et al.'s code shares one
-set over all t, which makes its curve errors wrong). `at(t, bn_data=x)` recomputes them at that t
-with one pass in train mode and cumulative averaging (`torch.optim.swa_utils.update_bn`).
+BatchNorm: a curve point has no running statistics of its own. `at(t, bn_data=x)` recomputes
+them at that t with one pass over x in train mode, each batch weighted by its size, as Garipov et
+al.'s `eval_curve.py` does at every t (their `utils.update_bn`). (`swa_utils.update_bn` weights
+every batch equally, which skews the statistics when the last batch is short.)
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
-from torch.optim.swa_utils import update_bn
 
 KINDS = ("bezier", "polychain")
 
@@ -50,9 +50,32 @@ def has_batchnorm(model: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
 
 
+@torch.no_grad()
 def recompute_bn(model: nn.Module, x: torch.Tensor, batch_size: int = 1000):
-    """Reset BN running stats and re-estimate them on x (cumulative average over batches)."""
-    update_bn((x[i:i + batch_size] for i in range(0, len(x), batch_size)), model)
+    """Reset BN running stats and re-estimate them on x: each batch's mean and variance enter
+    with weight batch size / examples seen so far (momentum b / (seen + b)), so the means
+    average to x's mean whatever the batch split. Modes and momenta are restored."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    modes = [(m, m.training) for m in model.modules()]
+    for m in bns:
+        m.reset_running_stats()
+    model.train()
+    seen = 0
+    try:
+        for i in range(0, len(x), batch_size):
+            batch = x[i:i + batch_size]
+            for m in bns:
+                m.momentum = len(batch) / (seen + len(batch))
+            model(batch)
+            seen += len(batch)
+    finally:
+        for m, momentum in zip(bns, momenta):
+            m.momentum = momentum
+        for m, training in modes:
+            m.training = training
 
 
 def coefficients(kind: str, num_bends: int, t: torch.Tensor) -> torch.Tensor:

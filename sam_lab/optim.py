@@ -1,6 +1,6 @@
 """Sharpness-aware minimization (Foret et al. 2020) with a general p-norm ball, and ASAM.
 
-    opt = SAM(model.parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
+    opt = SAM(model.named_parameters(), torch.optim.SGD, rho=0.05, lr=0.1, momentum=0.9)
     loss_fn(model(x), y).backward()
     opt.first_step(zero_grad=True)            # w <- w + eps(w)
     with bn_update_once(model):               # BN running stats: count this step once
@@ -12,13 +12,18 @@ Choices, stated because popular implementations differ:
 - eps = rho * sign(g) |g|^(q-1) / (||g||_q^q)^(1/p), 1/p + 1/q = 1: the exact maximizer of the
   first-order loss over the p-ball. p = 2 is the paper's; p = inf gives rho * sign(g); p = 1 puts
   all of rho on the largest |g_i| (split evenly between exact ties). The norm is global over every
-  parameter in every group, in float32. A zero (or non-finite) gradient gives eps = 0.
+  parameter in every group, in float32. A zero (or non-finite) gradient gives eps = 0, on every
+  path (the fused p = 2 one included: a non-finite entry never reaches the weights as 0 x inf).
 - eps is invariant to a positive scale of g, so under fp16 AMP the first step may run on the
   GradScaler-scaled gradients; non-finite gradients skip the perturbation and the scaler skips the
   step. bf16 autocast needs no scaler at all.
-- adaptive=True is ASAM (Kwon et al. 2021): the ascent is taken in the coordinates u = T_w g with
-  T_w = |w| for every tensor with ndim >= 2 (linear/conv weights) and T_w = 1 for biases and
-  normalisation parameters, and eps = T_w * eps_p(u).
+- adaptive=True is ASAM (Kwon et al. 2021): the ascent is taken in the coordinates u = T_w g, and
+  eps = T_w * eps_p(u), with Kwon et al.'s code's operator: T_w = |w| + eta (eta = 0.01 by
+  default; the + eta lets an exactly-zero weight move) for every parameter whose name ends in
+  `weight` (linear and conv kernels, embedding tables, BatchNorm/LayerNorm gains), and T_w = 1
+  for biases and any other parameter (their code leaves biases out: a bias has no scale
+  symmetry to undo). Names come from `model.named_parameters()`; given bare parameters, SAM
+  cannot see names and scales the tensors with ndim >= 2 (kernels and tables) instead.
 - Weight decay belongs to the base optimizer (as in davda54/sam); it is not in the ascent gradient
   (the JAX reference adds L2 there). Gradient clipping belongs between the second backward and
   `second_step`, so it sees only the gradient at w + eps.
@@ -73,13 +78,23 @@ def unit_ascent(us: list[torch.Tensor], p: float) -> list[torch.Tensor]:
 
 
 
+def asam_scaled(name: str | None, param: torch.Tensor) -> bool:
+    """Whether ASAM scales this parameter by |w| + eta (see the module doc)."""
+    if name is None:
+        return param.ndim >= 2
+    return name.rsplit(".", 1)[-1].endswith("weight")
+
+
 class SAM(torch.optim.Optimizer):
-    def __init__(self, params, base_optimizer, rho=0.05, p=2.0, adaptive=False, **base_kwargs):
+    def __init__(self, params, base_optimizer, rho=0.05, p=2.0, adaptive=False, eta=0.01,
+                 **base_kwargs):
         if not rho >= 0:
             raise ValueError(f"rho must be >= 0, got {rho}")
         if not p >= 1:
             raise ValueError(f"p must be in [1, inf], got {p}")
-        super().__init__(params, dict(rho=rho, adaptive=adaptive, **base_kwargs))
+        if not eta >= 0:
+            raise ValueError(f"eta must be >= 0, got {eta}")
+        super().__init__(params, dict(rho=rho, adaptive=adaptive, eta=eta, **base_kwargs))
         self.p = float(p)
         self._saved = None  # (params, their weights before first_step)
         self._buffers = {}  # param -> the buffer first_step saves it to, reused across steps
@@ -88,19 +103,22 @@ class SAM(torch.optim.Optimizer):
         self.defaults.update(self.base_optimizer.defaults)
 
     @staticmethod
-    def _scale(param, group):
-        """ASAM's T_w: |w| for weight matrices and kernels, 1 elsewhere."""
-        return param.abs() if group["adaptive"] and param.ndim >= 2 else None
+    def _scale(param, name, group):
+        """ASAM's T_w: |w| + eta for the parameters `asam_scaled` picks, None (1) elsewhere."""
+        if group["adaptive"] and asam_scaled(name, param):
+            return param.abs().add_(group["eta"])
+        return None
 
     def _ascent_direction(self):
         """(param, u, T_w, rho) per parameter with a gradient, with u = T_w * g in float32.
         Called under no_grad (as is _perturbation): a no_grad decorator costs ~3 us a call."""
         items = []
         for group in self.param_groups:
-            for param in group["params"]:
+            names = group.get("param_names") or [None] * len(group["params"])
+            for param, name in zip(group["params"], names):
                 if param.grad is None:
                     continue
-                scale = self._scale(param, group)
+                scale = self._scale(param, name, group)
                 u = param.grad
                 if u.dtype != torch.float32:  # skip the no-op .float(): ~1 us per tensor
                     u = u.float()
@@ -121,9 +139,12 @@ class SAM(torch.optim.Optimizer):
         params, us, scales, rhos = map(list, zip(*items))
         if self.p == 2:
             norm = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(us, 2)))
-            # 1 / norm is inf for a zero norm and 0 or nan for a non-finite one: all give eps = 0
+            # 1 / norm is inf for a zero norm and 0 or nan for a non-finite one: all give eps = 0,
+            # once u's non-finite entries are zeroed too (0 x inf would be nan)
             inv = norm.reciprocal_().nan_to_num_(0.0, 0.0, 0.0)
-            return params, [u if s is None else u * s for u, s in zip(us, scales)], inv, rhos
+            us = [u.nan_to_num(0.0, 0.0, 0.0) if s is None else (u * s).nan_to_num_(0.0, 0.0, 0.0)
+                  for u, s in zip(us, scales)]
+            return params, us, inv, rhos
         eps = [d[0] for d in unit_ascent([u[None] for u in us], self.p)]
         torch._foreach_mul_(eps, rhos)
         return params, [e if s is None else e * s for e, s in zip(eps, scales)], None, rhos

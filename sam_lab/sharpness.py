@@ -23,8 +23,10 @@ Choices:
   left it. Radial rescaling is the exact projection for p = 2 and a feasible (not nearest) point
   for other p. One step is exactly SAM's perturbation. The best iterate counts (every iterate is
   feasible, so each is a lower bound on the true max); eps = 0 is the first, so the value is >= 0.
-  adaptive=True measures ASAM's ball ||eps / T_w||_p <= rho with SAM's T_w taken at the centre
-  w; each step's direction is SAM's at the current point.
+  adaptive=True measures ASAM's ball ||eps / T_w||_p <= rho, T_w = |w| + eta as SAM's (same
+  parameters scaled), taken at the centre w; each step's direction is SAM's at the current point.
+  `measure(adaptive=True)` reports both balls: eps_sharpness (the plain one, comparable across
+  trials) and eps_sharpness_adaptive (the ASAM trial's own ball).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from sam_lab.optim import SAM
+from sam_lab.optim import SAM, asam_scaled
 
 
 @contextlib.contextmanager
@@ -145,12 +147,17 @@ def hessian_trace(model, loss_fn, x, y, probes=100, seed=0) -> float:
         return total / probes
 
 
-def _ascent_step(model, loss_fn, x, y, rho, p, adaptive):
+def _named(model):
+    return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+
+def _ascent_step(model, loss_fn, x, y, rho, p, adaptive, eta=0.01):
     """(loss, SAM's closed-form eps) at the model's current weights; .grad is left untouched."""
-    params = _params(model)
+    named = _named(model)
+    params = [q for _, q in named]
     loss = loss_fn(model(x), y)
     grads = torch.autograd.grad(loss, params)
-    sam = SAM(params, torch.optim.SGD, rho=rho, p=p, adaptive=adaptive, lr=0.0)
+    sam = SAM(named, torch.optim.SGD, rho=rho, p=p, adaptive=adaptive, eta=eta, lr=0.0)
     saved = [q.grad for q in params]
     for q, g in zip(params, grads):
         q.grad = g
@@ -171,23 +178,26 @@ def _ball_norm(eps, scales, p):
     return float(torch.linalg.vector_norm(torch.cat(parts), ord=p))
 
 
-def first_order_sharpness(model, loss_fn, x, y, rho, p=2.0, adaptive=False) -> float:
+def first_order_sharpness(model, loss_fn, x, y, rho, p=2.0, adaptive=False, eta=0.01) -> float:
     """rho * ||g||_q (ASAM: rho * ||T_w g||_q), the linearised eps-sharpness: g . eps_SAM."""
     with measuring(model):
-        _, eps, grads = _ascent_step(model, loss_fn, x, y, rho, p, adaptive)
+        _, eps, grads = _ascent_step(model, loss_fn, x, y, rho, p, adaptive, eta)
         return float(_dot(eps, grads))
 
 
-def eps_sharpness(model, loss_fn, x, y, rho, p=2.0, steps=5, adaptive=False) -> float:
+def eps_sharpness(model, loss_fn, x, y, rho, p=2.0, steps=5, adaptive=False,
+                  eta=0.01) -> float:
     """max_{||eps||_p <= rho} L(w + eps) - L(w) by `steps` of projected ascent (module doc)."""
     with measuring(model):
-        params = _params(model)
+        named = _named(model)
+        params = [q for _, q in named]
         w = [q.detach().clone() for q in params]
-        scales = [q.detach().abs() if adaptive and q.ndim >= 2 else None for q in params]  # T_w
+        scales = [q.detach().abs() + eta if adaptive and asam_scaled(n, q) else None
+                  for n, q in named]  # T_w
         total = [torch.zeros_like(q) for q in params]
         best = base = None
         for _ in range(steps):
-            loss, eps, _ = _ascent_step(model, loss_fn, x, y, rho, p, adaptive)
+            loss, eps, _ = _ascent_step(model, loss_fn, x, y, rho, p, adaptive, eta)
             base = loss if base is None else base
             best = loss if best is None else max(best, loss)
             total = [a + e for a, e in zip(total, eps)]
@@ -202,12 +212,16 @@ def eps_sharpness(model, loss_fn, x, y, rho, p=2.0, steps=5, adaptive=False) -> 
         return best - base
 
 
-def measure(model, loss_fn, x, y, rho=0.05, p=2.0, adaptive=False, iters=100, probes=100,
-            steps=5, seed=0) -> dict:
-    """The pinned sharpness columns: lambda_max, hessian_trace, eps_sharpness."""
-    return {
+def measure(model, loss_fn, x, y, rho=0.05, p=2.0, adaptive=False, eta=0.01, iters=100,
+            probes=100, steps=5, seed=0) -> dict:
+    """The pinned sharpness columns: lambda_max, hessian_trace, eps_sharpness (the plain p-ball),
+    and with adaptive=True eps_sharpness_adaptive (ASAM's ball, T_w = |w| + eta)."""
+    out = {
         "lambda_max": lambda_max(model, loss_fn, x, y, iters=iters, seed=seed),
         "hessian_trace": hessian_trace(model, loss_fn, x, y, probes=probes, seed=seed),
-        "eps_sharpness": eps_sharpness(model, loss_fn, x, y, rho, p=p, steps=steps,
-                                       adaptive=adaptive),
+        "eps_sharpness": eps_sharpness(model, loss_fn, x, y, rho, p=p, steps=steps),
     }
+    if adaptive:
+        out["eps_sharpness_adaptive"] = eps_sharpness(model, loss_fn, x, y, rho, p=p,
+                                                      steps=steps, adaptive=True, eta=eta)
+    return out

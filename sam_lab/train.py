@@ -5,6 +5,12 @@
 
 The pieces (`setup`, `make_optimizer`, `train_epoch`, `evaluate`) are public so that other
 trials (mode connectivity) train endpoints with exactly this loop.
+
+SAM options: `rho`, `sam_p` (the ball's norm), `adaptive` with `asam_eta` (ASAM, T_w = |w| + eta;
+see sam_lab.optim), and `sam_m` (m-sharpness, Foret et al.'s m: each chunk of sam_m examples of a
+batch gets its own eps from its own gradient and the gradients at the chunks' w + eps are
+averaged; 0 = one eps for the whole batch). `grokfast: ema | ma` filters the applied gradient
+(sam_lab.grokfast) before clipping and the base step.
 """
 
 from __future__ import annotations
@@ -20,10 +26,17 @@ import torch.nn.functional as F
 from sam_lab import data as datasets
 from sam_lab import models
 from sam_lab.config import ConfigError, field, parse
+from sam_lab.grokfast import KINDS as GROKFAST_KINDS
+from sam_lab.grokfast import GradFilter
 from sam_lab.optim import SAM, bn_update_once
 
 IMAGE_DATASETS = ("digits", "cifar10")
 SEQUENCE_DATASETS = ("mnist1d",)
+MAX_EPOCHS = 10**5
+
+
+def _sam_on(c: dict) -> bool:
+    return c["rho"] > 0
 
 
 @dataclass
@@ -48,14 +61,26 @@ class ClassifyConfig:
     weight_decay: float = field(default=0.0, metadata=dict(ge=0.0))
     schedule: str = field(default="constant", metadata=dict(choices=("constant", "cosine", "step")))
     batch_size: int = field(default=100, metadata=dict(ge=0))  # 0 = full batch
-    epochs: int = field(default=10, metadata=dict(ge=1))
+    epochs: int = field(default=10, metadata=dict(ge=1, le=MAX_EPOCHS))
     grad_clip: float = field(default=0.0, metadata=dict(ge=0.0))  # 0 = off
     # SAM
     rho: float = field(default=0.0, metadata=dict(ge=0.0))  # 0 = SAM off
-    sam_p: float = field(default=2.0, metadata=dict(ge=1.0))
+    sam_p: float = field(default=2.0, metadata=dict(ge=1.0, allow_inf=True))
     adaptive: bool = False
+    asam_eta: float = field(default=0.01, metadata=dict(  # Kwon et al.'s T_w = |w| + eta
+        ge=0.0, applies=lambda c: c["adaptive"] and _sam_on(c)))
+    sam_m: int = field(default=0, metadata=dict(  # examples per perturbation; 0 = the batch
+        ge=0, legacy=0, applies=_sam_on))
+    # Grokfast (Lee et al. 2024)
+    grokfast: str = field(default="none", metadata=dict(choices=GROKFAST_KINDS, legacy="none"))
+    grokfast_alpha: float = field(default=0.98, metadata=dict(
+        ge=0.0, lt=1.0, applies=lambda c: c["grokfast"] == "ema"))
+    grokfast_lamb: float = field(default=2.0, metadata=dict(
+        ge=0.0, applies=lambda c: c["grokfast"] != "none"))
+    grokfast_window: int = field(default=100, metadata=dict(
+        ge=1, le=10**4, applies=lambda c: c["grokfast"] == "ma"))
     # bookkeeping
-    eval_every: int = field(default=1, metadata=dict(ge=1))  # epochs
+    eval_every: int = field(default=1, metadata=dict(ge=1, le=MAX_EPOCHS))  # epochs
     measure_sharpness: bool = False  # lambda_max, hessian_trace, eps_sharpness at the end
     sharpness_rho: float = field(default=0.05, metadata=dict(gt=0.0))  # one ball for every rho
     seed: int = field(default=0, metadata=dict(ge=0))
@@ -108,7 +133,8 @@ def setup(cfg: ClassifyConfig, seed: int | None = None):
 
 
 def make_optimizer(cfg: ClassifyConfig, params, lr=None, weight_decay=None):
-    """The base optimizer, wrapped in SAM when rho > 0."""
+    """The base optimizer, wrapped in SAM when rho > 0. Pass `model.named_parameters()`: ASAM
+    picks the tensors it scales by name."""
     lr = cfg.lr if lr is None else lr
     weight_decay = cfg.weight_decay if weight_decay is None else weight_decay
     if cfg.optimizer == "sgd":
@@ -118,7 +144,8 @@ def make_optimizer(cfg: ClassifyConfig, params, lr=None, weight_decay=None):
     else:
         base, kw = torch.optim.AdamW, dict(lr=lr, weight_decay=weight_decay)
     if cfg.rho > 0:
-        return SAM(params, base, rho=cfg.rho, p=cfg.sam_p, adaptive=cfg.adaptive, **kw)
+        return SAM(params, base, rho=cfg.rho, p=cfg.sam_p, adaptive=cfg.adaptive,
+                   eta=cfg.asam_eta, **kw)
     return base(params, **kw)
 
 
@@ -138,8 +165,45 @@ def steps_per_epoch(n: int, batch_size: int) -> int:
     return 1 if batch_size == 0 else math.ceil(n / batch_size)
 
 
+def gradient_filter(cfg: ClassifyConfig, params) -> GradFilter | None:
+    """The config's Grokfast filter over these parameters, or None."""
+    if cfg.grokfast == "none":
+        return None
+    return GradFilter(params, cfg.grokfast, cfg.grokfast_alpha, cfg.grokfast_lamb,
+                      cfg.grokfast_window)
+
+
+def sam_m_gradient(model, opt: SAM, xb, yb, m, autocast=nullcontext, loss_fn=F.cross_entropy):
+    """m-sharpness: each chunk of m examples gets its own eps from its own gradient; .grad is
+    set to the chunks' gradients at their w + eps, averaged with weights by chunk size (so it
+    is SAM's gradient when m >= the batch). BatchNorm's running statistics count the first
+    chunk's clean pass only, as data-parallel SAM keeps one worker's. Returns the clean loss on
+    the batch."""
+    params = [p for group in opt.param_groups for p in group["params"]]
+    total, loss_total, n = [None] * len(params), 0.0, len(yb)
+    for start in range(0, n, m):
+        xc, yc = xb[start:start + m], yb[start:start + m]
+        weight = len(yc) / n
+        with (nullcontext() if start == 0 else bn_update_once(model)), autocast():
+            loss = loss_fn(model(xc), yc)
+        loss.backward()
+        opt.first_step(zero_grad=True)
+        with bn_update_once(model), autocast():
+            loss_fn(model(xc), yc).backward()
+        opt.restore()
+        for i, p in enumerate(params):
+            if p.grad is not None:
+                total[i] = p.grad * weight if total[i] is None else total[i].add_(p.grad,
+                                                                                  alpha=weight)
+            p.grad = None
+        loss_total = loss_total + loss.detach() * weight
+    for p, g in zip(params, total):
+        p.grad = g
+    return loss_total
+
+
 def train_epoch(model, opt, x, y, batch_size, generator, scheduler=None, grad_clip=0.0,
-                amp=False, loss_fn=F.cross_entropy):
+                amp=False, loss_fn=F.cross_entropy, sam_m=0, grad_filter=None):
     """One pass over (x, y) in seeded random minibatches. Returns the summed loss (a tensor,
     so no host sync per step) and the number of steps taken."""
     model.train()
@@ -154,13 +218,18 @@ def train_epoch(model, opt, x, y, batch_size, generator, scheduler=None, grad_cl
     for i in range(0, n, bs):
         idx = order[i:i + bs]
         xb, yb = x[idx], y[idx]
-        with autocast():
-            loss = loss_fn(model(xb), yb)
-        loss.backward()
-        if is_sam:
-            opt.first_step(zero_grad=True)
-            with bn_update_once(model), autocast():
-                loss_fn(model(xb), yb).backward()
+        if is_sam and 0 < sam_m < len(yb):
+            loss = sam_m_gradient(model, opt, xb, yb, sam_m, autocast, loss_fn)
+        else:
+            with autocast():
+                loss = loss_fn(model(xb), yb)
+            loss.backward()
+            if is_sam:
+                opt.first_step(zero_grad=True)
+                with bn_update_once(model), autocast():
+                    loss_fn(model(xb), yb).backward()
+        if grad_filter is not None:  # on the gradient the base step applies
+            grad_filter()
         if grad_clip > 0:  # on the gradient that is applied: SAM's second pass
             torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
         opt.step()  # for SAM: restore w, then the base step with the grad at w + eps
@@ -198,7 +267,8 @@ def classify(config: dict):
     cfg = parse(ClassifyConfig, config)
     start = time.perf_counter()
     data, model = setup(cfg)
-    opt = make_optimizer(cfg, model.parameters())
+    opt = make_optimizer(cfg, model.named_parameters())
+    grad_filter = gradient_filter(cfg, model.parameters())
     per_epoch = steps_per_epoch(len(data.y_train), cfg.batch_size)
     scheduler = make_scheduler(cfg, opt, per_epoch * cfg.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)
@@ -206,7 +276,8 @@ def classify(config: dict):
     yield metrics(model, data, step, 0, opt.param_groups[0]["lr"])
     for epoch in range(1, cfg.epochs + 1):
         loss_sum, steps = train_epoch(model, opt, data.x_train, data.y_train, cfg.batch_size,
-                                      generator, scheduler, cfg.grad_clip, cfg.amp == "bf16")
+                                      generator, scheduler, cfg.grad_clip, cfg.amp == "bf16",
+                                      sam_m=cfg.sam_m, grad_filter=grad_filter)
         step += steps
         if not torch.isfinite(loss_sum):  # one host sync per epoch
             raise FloatingPointError(f"train loss is {loss_sum.item()} in epoch {epoch} "
@@ -254,5 +325,6 @@ def measure_sharpness(cfg, model, data):
     from sam_lab import sharpness
 
     n = min(1000, len(data.y_train))  # a fixed subset: the first n training points
+    asam = cfg.adaptive and cfg.rho > 0  # an ASAM trial is also measured in its own ball
     return sharpness.measure(model, F.cross_entropy, data.x_train[:n], data.y_train[:n],
-                             rho=cfg.sharpness_rho, p=cfg.sam_p)
+                             rho=cfg.sharpness_rho, p=cfg.sam_p, adaptive=asam, eta=cfg.asam_eta)

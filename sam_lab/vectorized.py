@@ -13,7 +13,8 @@ an MLP through a hand-written batched forward (one baddbmm per layer, see `Packe
 model through `functional_call` under `vmap`. Everything `classify` does per model is kept per
 model: its init (`setup` with its seed), its n_train subset and label noise, its data order (its
 own seeded generator), its SAM perturbation (its own gradient norm and rho; rho = 0 gives eps = 0,
-so SAM and plain models mix), and its gradient clipping norm. The base optimizers (SGD, Adam,
+so SAM and plain models mix; with `sam_m`, one eps per chunk of m examples), its Grokfast filter
+state (elementwise, so one filter over the stacked tensors), and its gradient clipping norm. The base optimizers (SGD, Adam,
 AdamW) are elementwise, so one of them steps the stacked parameters. Each model agrees with a
 separate `classify` run to float tolerance (tests/test_vectorized.py).
 
@@ -42,7 +43,7 @@ from torch.func import functional_call, stack_module_state, vmap
 
 from sam_lab import models, train
 from sam_lab.config import ConfigError, parse
-from sam_lab.optim import per_model, unit_ascent
+from sam_lab.optim import asam_scaled, per_model, unit_ascent
 
 PACKABLE_KEYS = ("seed", "rho")
 PACKABLE_MODELS = ("mlp",)  # no BatchNorm
@@ -65,18 +66,23 @@ def check_packable(cfgs: list[train.ClassifyConfig]):
 
 @torch.no_grad()
 def packed_perturbation(params: list[torch.Tensor], rho: torch.Tensor, p: float,
-                        adaptive: bool) -> list[torch.Tensor]:
+                        adaptive: bool, eta: float = 0.01,
+                        names: list[str] | None = None) -> list[torch.Tensor]:
     """eps per stacked parameter, each model with its own gradient norm and rho (a (K,) tensor).
-    adaptive is ASAM, as in SAM: T_w = |w| for each model's tensors with ndim >= 2."""
-    scales = [param.abs().float() if adaptive and param.ndim >= 3 else None for param in params]
+    adaptive is ASAM, as in SAM: T_w = |w| + eta for the tensors `asam_scaled` picks by name
+    (by ndim >= 2 per model without names)."""
+    names = names or [None] * len(params)
+    scales = [param.abs().float() + eta if adaptive and asam_scaled(name, param[0]) else None
+              for param, name in zip(params, names)]
     us = [param.grad.float() if s is None else param.grad.float() * s
           for param, s in zip(params, scales)]
     if p == 2:  # the common case, as SAM's fused path: a few ops per tensor, not ~8
         norms = torch.stack([torch.linalg.vector_norm(u.flatten(1), dim=1) for u in us])
-        # 1 / norm is inf for a zero norm and 0 or nan for a non-finite one: all give eps = 0
+        # 1 / norm is inf for a zero norm and 0 or nan for a non-finite one: all give eps = 0,
+        # once u's non-finite entries are zeroed too (0 x inf would be nan)
         coef = torch.linalg.vector_norm(norms, dim=0).reciprocal_().nan_to_num_(0.0, 0.0, 0.0)
         coef *= rho
-        eps = [u * per_model(coef, u) for u in us]
+        eps = [u.nan_to_num(0.0, 0.0, 0.0) * per_model(coef, u) for u in us]
         return [(e if s is None else e * s).to(param.dtype)
                 for param, e, s in zip(params, eps, scales)]
     eps = []
@@ -217,6 +223,7 @@ def classify_packed(configs: list[dict]):
     rho = torch.tensor([c.rho for c in cfgs], device=device)
     is_sam = any(c.rho > 0 for c in cfgs)
     opt = train.make_optimizer(dataclasses.replace(cfg, rho=0.0), packed.params)
+    grad_filter = train.gradient_filter(cfg, packed.params)
     k_models, n = y_train.shape
     per_epoch = train.steps_per_epoch(n, cfg.batch_size)
     scheduler = train.make_scheduler(cfg, opt, per_epoch * cfg.epochs)
@@ -248,26 +255,44 @@ def classify_packed(configs: list[dict]):
             idx = orders[:, i:i + bs].reshape(-1)
             xb = x_flat.index_select(0, idx).view(k_models, -1, *x_flat.shape[1:])
             yb = y_flat.index_select(0, idx).view(k_models, -1)
-            with autocast():
-                losses = packed.losses(xb, yb)
-            losses.sum().backward()  # models are independent: each gets its own gradient
-            if is_sam:
-                with torch.no_grad():
-                    torch._foreach_copy_(saved, packed.params)
-                    eps = packed_perturbation(packed.params, rho, cfg.sam_p, cfg.adaptive)
-                    torch._foreach_add_(packed.params, eps)
-                opt.zero_grad(set_to_none=True)
+            chunk = cfg.sam_m if is_sam and 0 < cfg.sam_m < xb.shape[1] else xb.shape[1]
+            losses = torch.zeros(k_models, device=device)
+            grads = None
+            for c in range(0, xb.shape[1], chunk):  # one chunk unless m-sharpness
+                xc, yc = xb[:, c:c + chunk], yb[:, c:c + chunk]
+                weight = yc.shape[1] / yb.shape[1]
                 with autocast():
-                    packed.losses(xb, yb).sum().backward()
-                with torch.no_grad():
-                    torch._foreach_copy_(packed.params, saved)
+                    chunk_losses = packed.losses(xc, yc)
+                chunk_losses.sum().backward()  # models are independent: each its own gradient
+                losses += chunk_losses.detach().float() * weight
+                if is_sam:
+                    with torch.no_grad():
+                        torch._foreach_copy_(saved, packed.params)
+                        eps = packed_perturbation(packed.params, rho, cfg.sam_p, cfg.adaptive,
+                                                  cfg.asam_eta, packed.names)
+                        torch._foreach_add_(packed.params, eps)
+                    opt.zero_grad(set_to_none=True)
+                    with autocast():
+                        packed.losses(xc, yc).sum().backward()
+                    with torch.no_grad():
+                        torch._foreach_copy_(packed.params, saved)
+                if chunk < xb.shape[1]:  # average the chunks' gradients, weighted by size
+                    chunk_grads = [param.grad * weight for param in packed.params]
+                    grads = chunk_grads if grads is None else torch._foreach_add(grads,
+                                                                                 chunk_grads)
+                    opt.zero_grad(set_to_none=True)
+            if grads is not None:
+                for param, g in zip(packed.params, grads):
+                    param.grad = g
+            if grad_filter is not None:  # on the gradient the base step applies
+                grad_filter()
             if cfg.grad_clip > 0:  # on the gradient that is applied: SAM's second pass
                 clipper_model(packed.params, cfg.grad_clip)
             opt.step()
             opt.zero_grad(set_to_none=True)
             if scheduler is not None:
                 scheduler.step()
-            total += losses.detach().float()
+            total += losses
         step += per_epoch
         for k in torch.nonzero(~torch.isfinite(total)).flatten().tolist():  # one sync per epoch
             if k not in failed:

@@ -64,13 +64,47 @@ def test_zero_gradient_gives_zero_eps_not_nan():
             assert torch.equal(e, torch.zeros_like(e))
 
 
-def test_adaptive_scales_weights_not_biases():
+def test_adaptive_without_names_scales_kernels_not_vectors():
     params = _params_with_grads(4)
-    opt = SAM(params, torch.optim.SGD, rho=0.2, p=2, adaptive=True, lr=0.1)
+    opt = SAM(params, torch.optim.SGD, rho=0.2, p=2, adaptive=True, eta=0.01, lr=0.1)
     pert = dict((id(q), e) for q, e in opt.perturbation())
-    # In ASAM coordinates, T_w^-1 eps lies on the rho-sphere (T_w = |w| for ndim >= 2, else 1).
-    scaled = [pert[id(q)] / (q.detach().abs() if q.ndim >= 2 else 1) for q in params]
+    # In ASAM coordinates, T_w^-1 eps lies on the rho-sphere (T_w = |w| + eta for ndim >= 2).
+    scaled = [pert[id(q)] / (q.detach().abs() + 0.01 if q.ndim >= 2 else 1) for q in params]
     assert torch.linalg.vector_norm(_flat(scaled)).item() == pytest.approx(0.2, rel=1e-5)
+
+
+def test_asam_is_kwons_operator_on_named_weights():
+    """Kwon et al.'s code: T_w = |w| + eta on every parameter named weight (LayerNorm's gain
+    and the embedding too), 1 on biases; eps = rho T_w^2 g / ||T_w g||. A zero weight moves."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(5, 4), nn.Linear(4, 3), nn.LayerNorm(3))
+    with torch.no_grad():
+        model[1].weight[0, 0] = 0.0
+    model(torch.tensor([1, 2, 3])).square().sum().backward()
+    rho, eta = 0.5, 0.01
+    opt = SAM(model.named_parameters(), torch.optim.SGD, rho=rho, adaptive=True, eta=eta, lr=0.1)
+    got = {id(q): e for q, e in opt.perturbation()}
+    named = list(model.named_parameters())
+    scale = {n: (q.detach().abs() + eta if n.endswith("weight") else torch.ones_like(q))
+             for n, q in named}
+    norm = torch.linalg.vector_norm(_flat([scale[n] * q.grad for n, q in named]))
+    for n, q in named:
+        expected = rho * scale[n] ** 2 * q.grad / norm
+        torch.testing.assert_close(got[id(q)], expected.float(), rtol=1e-5, atol=1e-8)
+    assert got[id(model[1].weight)][0, 0] != 0  # T_w = |w| alone would pin a zero weight
+    assert {n for n, _ in named if n.endswith("weight")} == {"0.weight", "1.weight", "2.weight"}
+
+
+@pytest.mark.parametrize("bad", [math.inf, math.nan])
+@pytest.mark.parametrize("p", [2.0, 3.0])
+def test_non_finite_gradient_leaves_the_weights_finite(bad, p):
+    """The docstring's promise, eps = 0, on the fused p = 2 path too (0 x inf was nan there)."""
+    params = _params_with_grads(6)
+    params[0].grad[0, 0] = bad
+    before = [q.detach().clone() for q in params]
+    opt = SAM(params, torch.optim.SGD, rho=0.1, p=p, lr=0.1)
+    opt.first_step()
+    assert all(torch.equal(a, b) for a, b in zip(before, params))
 
 
 def test_restore_is_bit_exact():

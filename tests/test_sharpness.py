@@ -71,12 +71,12 @@ def _quadratic_problem():
 
 
 def _brute_force_sharpness(model, x, y, loss_fn, rho, p, adaptive):
-    """Max over 20k points of the ball's boundary ||u||_p = rho, eps = T_w * u."""
+    """Max over 20k points of the ball's boundary ||u||_p = rho, eps = T_w * u, T_w = |w| + 0.01."""
     w = model.weight.detach().clone()
     angle = torch.linspace(0, 2 * math.pi, 20_001)
     u = torch.stack([angle.cos(), angle.sin()], 1)
     u = rho * u / torch.linalg.vector_norm(u, ord=p, dim=1, keepdim=True)
-    eps = u * w.abs() if adaptive else u
+    eps = u * (w.abs() + 0.01) if adaptive else u
     losses = ((x @ (w + eps).T - y[:, None]) ** 2).mean(0)
     with torch.no_grad():
         return float(losses.max() - loss_fn(model(x), y))
@@ -128,6 +128,40 @@ def test_measure_leaves_model_grads_modes_and_rng_as_found():
     assert torch.equal(torch.get_rng_state(), rng)
     again = sharpness.measure(model, F.cross_entropy, x, y, rho=0.05, iters=20, probes=10, steps=3)
     assert again == m  # deterministic given the seed
+
+
+def test_hessian_products_work_through_attention():
+    """sdpa's fused CPU kernel has no double backward; measuring must not crash on a
+    transformer (it did, after a grokking trial's whole training)."""
+    from sam_lab.algorithmic import Transformer
+
+    torch.manual_seed(0)
+    model = Transformer(7, depth=1, d_model=8, heads=2)
+    x, y = torch.randint(0, 7, (20, 2)), torch.randint(0, 7, (20,))
+    m = sharpness.measure(model, F.cross_entropy, x, y, iters=5, probes=2, steps=1)
+    assert all(math.isfinite(v) for v in m.values())
+    name = "unembed.weight"
+    index = [n for n, _ in model.named_parameters()].index(name)
+    v = torch.randn(7, 8)
+    with sharpness.measuring(model):  # and the product is the Hessian's
+        params = dict(model.named_parameters())
+        h = hessian(lambda w: F.cross_entropy(functional_call(model, {**params, name: w}, (x,)),
+                                              y))(params[name].detach())
+        hvp = sharpness._HVP(model, F.cross_entropy, x, y)
+        probe = [v if i == index else torch.zeros_like(q) for i, q in enumerate(hvp.params)]
+        got = hvp(probe)[index]
+    torch.testing.assert_close(got, (h.reshape(56, 56) @ v.flatten()).view_as(v),
+                               rtol=1e-4, atol=1e-5)
+
+
+def test_asam_measure_reports_both_balls():
+    model, x, y = _trained_tiny_mlp()
+    m = sharpness.measure(model, F.cross_entropy, x, y, rho=0.05, adaptive=True, eta=0.01,
+                          iters=5, probes=2, steps=2)
+    plain = sharpness.eps_sharpness(model, F.cross_entropy, x, y, 0.05, steps=2)
+    asam = sharpness.eps_sharpness(model, F.cross_entropy, x, y, 0.05, steps=2, adaptive=True,
+                                   eta=0.01)
+    assert m["eps_sharpness"] == plain and m["eps_sharpness_adaptive"] == asam != plain
 
 
 @pytest.mark.slow

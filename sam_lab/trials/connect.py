@@ -5,12 +5,14 @@
         print(row["path"], row["t"], row["train_loss"], row["test_err"])
 
 Endpoints A and B share the data (subset and label noise are drawn with `seed`) and the whole
-classify recipe; they differ in the init and minibatch seed (`seed`, `seed_b`), or are loaded
+classify recipe; they differ in the init and minibatch seed (`seed`, `seed_b`; by default B's
+seed is drawn from its own stream, `SeedSequence(seed).spawn(2)[1]`, so B of one seed is never
+A of another, as `seed + 1` made it), or are loaded
 from `endpoint_a` / `endpoint_b`: state_dict files (`torch.save(model.state_dict(), path)`) of the
 same architecture, read with `torch.load(weights_only=True)`.
 
 The curve (`curve`, `num_bends`) is trained for `curve_epochs` with the classify optimizer
-(without SAM) at `curve_lr` and the classify schedule, one t ~ U(0, 1) per minibatch, and
+(without SAM or Grokfast) at `curve_lr` (by default the endpoints' `lr`) and the classify schedule, one t ~ U(0, 1) per minibatch, and
 `weight_decay` as L2 at the curve point. Then `points` evenly spaced t (61 by default) are
 evaluated on the straight line and on the curve, BN statistics recomputed at every t, yielding
 one row per (path, t): step (row index over the trial), path (linear | curve), t, train_loss,
@@ -21,6 +23,8 @@ train_err, test_loss, test_err. The trial returns
   max_err_{linear,curve}             max_t test error
   length_{linear,curve}              Euclidean length of the path in weight space
   {train_loss,test_err}_{a,b}        the endpoints, with their own BN statistics
+  curve_train_loss                   the curve's training objective E_t L(phi(t)) over its
+                                     last epoch: near the endpoints' train loss once trained
 and, with measure_sharpness, lambda_max, hessian_trace, eps_sharpness averaged over A and B.
 `eval_every` does not apply: endpoint training yields no rows.
 
@@ -44,13 +48,16 @@ import math
 import os
 import time
 
+import numpy as np
 import torch
 
 from sam_lab import curves, landscape, models
 from sam_lab.config import ConfigError, field, parse
 from sam_lab.train import (
+    MAX_EPOCHS,
     ClassifyConfig,
     evaluate,
+    gradient_filter,
     make_optimizer,
     make_scheduler,
     measure_sharpness,
@@ -59,14 +66,22 @@ from sam_lab.train import (
     train_epoch,
 )
 
+BN_MODELS = ("cnn5", "resnet18k")
+
 
 @dataclasses.dataclass
 class Config(ClassifyConfig):
-    seed_b: int | None = field(default=None, metadata=dict(ge=0))  # None = seed + 1
+    # Fixes that changed results on purpose (issue 16): these configs get new trial ids.
+    ID_CHANGES = {
+        "seed_b_independent": lambda c: c["seed_b"] is None and c["endpoint_b"] is None,
+        "bn_recompute_by_size": lambda c: c["model"] in BN_MODELS,
+    }
+
+    seed_b: int | None = field(default=None, metadata=dict(ge=0))  # None = its own stream
     curve: str = field(default="bezier", metadata=dict(choices=curves.KINDS))
     num_bends: int = field(default=3, metadata=dict(ge=3))  # control points incl. endpoints
-    curve_epochs: int = field(default=20, metadata=dict(ge=1))
-    curve_lr: float = field(default=0.01, metadata=dict(gt=0.0))
+    curve_epochs: int = field(default=20, metadata=dict(ge=1, le=MAX_EPOCHS))
+    curve_lr: float | None = field(default=None, metadata=dict(gt=0.0))  # None = lr
     points: int = field(default=61, metadata=dict(ge=3))  # evaluated t per path
     plane_points: int = field(default=0, metadata=dict(ge=0))  # n x n plane grid; 0 = off
     landscape_points: int = field(default=0, metadata=dict(ge=0))  # n x n around A; 0 = off
@@ -93,31 +108,44 @@ def _endpoint(cfg, model, data, seed, checkpoint):
         state = torch.load(checkpoint, map_location=data.x_train.device, weights_only=True)
         model.load_state_dict(state)
         return model
-    opt = make_optimizer(cfg, model.parameters())
+    opt = make_optimizer(cfg, model.named_parameters())
+    grad_filter = gradient_filter(cfg, model.parameters())
     scheduler = make_scheduler(cfg, opt, steps_per_epoch(len(data.y_train), cfg.batch_size)
                                * cfg.epochs)
     generator = torch.Generator().manual_seed(seed)
     for epoch in range(1, cfg.epochs + 1):
         loss_sum, _ = train_epoch(model, opt, data.x_train, data.y_train, cfg.batch_size,
-                                  generator, scheduler, cfg.grad_clip, cfg.amp == "bf16")
+                                  generator, scheduler, cfg.grad_clip, cfg.amp == "bf16",
+                                  sam_m=cfg.sam_m, grad_filter=grad_filter)
         if not torch.isfinite(loss_sum):
             raise FloatingPointError(f"endpoint (seed {seed}) train loss is {loss_sum.item()} in "
                                      f"epoch {epoch}; lower lr or rho")
     return model
 
 
-def _train_curve(cfg, curve, data):
-    opt = make_optimizer(dataclasses.replace(cfg, rho=0.0), [curve.bends], lr=cfg.curve_lr,
+def endpoint_b_seed(seed: int) -> int:
+    """B's seed by default: from its own stream of SeedSequence(seed), never another A's seed
+    (a 63-bit draw; A's seeds are small)."""
+    state = np.random.SeedSequence(seed).spawn(2)[1].generate_state(1, dtype=np.uint64)[0]
+    return int(state >> np.uint64(1))
+
+
+def _train_curve(cfg, curve, data) -> float:
+    """Train the bends; return the mean training loss of the last curve epoch."""
+    lr = cfg.lr if cfg.curve_lr is None else cfg.curve_lr
+    opt = make_optimizer(dataclasses.replace(cfg, rho=0.0), [curve.bends], lr=lr,
                          weight_decay=0.0)  # weight decay goes on the curve point instead
     scheduler = make_scheduler(cfg, opt, steps_per_epoch(len(data.y_train), cfg.batch_size)
                                * cfg.curve_epochs)
     generator = torch.Generator().manual_seed(cfg.seed)
     for epoch in range(1, cfg.curve_epochs + 1):
-        loss_sum, _ = curves.train_bends(curve, opt, data.x_train, data.y_train, cfg.batch_size,
-                                         generator, cfg.weight_decay, scheduler)
+        loss_sum, steps = curves.train_bends(curve, opt, data.x_train, data.y_train,
+                                             cfg.batch_size, generator, cfg.weight_decay,
+                                             scheduler)
         if not torch.isfinite(loss_sum):
             raise FloatingPointError(f"curve train loss is {loss_sum.item()} in curve epoch "
                                      f"{epoch}; lower curve_lr")
+    return loss_sum.item() / steps
 
 
 def _metrics(net, data) -> dict:
@@ -157,7 +185,7 @@ def _plane_grid(curve, n, plane):
 def run(config: dict):
     cfg = parse(Config, config)
     start = time.perf_counter()
-    seed_b = cfg.seed + 1 if cfg.seed_b is None else cfg.seed_b
+    seed_b = endpoint_b_seed(cfg.seed) if cfg.seed_b is None else cfg.seed_b
     data, model_a = setup(cfg)  # data subset and label noise follow `seed`, for both endpoints
     torch.manual_seed(seed_b)
     model_b = models.build(cfg.model, data.input_shape, data.n_classes, cfg.width, cfg.depth)
@@ -176,7 +204,7 @@ def run(config: dict):
     w0, w1 = curves.flatten(model_a), curves.flatten(model_b)
     line = curves.Curve(copy.deepcopy(model_a), w0, w1, kind="polychain", num_bends=2)
     curve = curves.Curve(copy.deepcopy(model_a), w0, w1, kind=cfg.curve, num_bends=cfg.num_bends)
-    _train_curve(cfg, curve, data)
+    summary["curve_train_loss"] = _train_curve(cfg, curve, data)
     plane = None
     if cfg.plane_points:
         middle_bend = curve.bends[(cfg.num_bends - 3) // 2].detach()
