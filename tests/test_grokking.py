@@ -35,10 +35,51 @@ def run_all(config):
 def test_every_pair_once_with_labels_in_range(op):
     p = 13
     pairs, labels = make_pairs(op, p)
-    n = p * (p - 1) if op == "x/y" else p * p
+    tokens = 120 if op.startswith("s5:") else p
+    n = p * (p - 1) if op == "x/y" else tokens * tokens
     assert pairs.shape == (n, 2) and labels.shape == (n,)
     assert len({tuple(ab) for ab in pairs.tolist()}) == n
-    assert labels.min() >= 0 and labels.max() < p
+    assert labels.min() >= 0 and labels.max() < tokens
+
+
+PERMS = list(itertools.permutations(range(5)))
+
+
+def _compose(x, y):  # (x*y)(i) = x(y(i))
+    return tuple(x[y[i]] for i in range(5))
+
+
+def _inverse(x):
+    return tuple(sorted(range(5), key=lambda i: x[i]))
+
+
+DIRECT = {  # Power et al.'s tasks, written out on Python ints and tuples
+    "x+y": lambda a, b, p: (a + b) % p,
+    "x-y": lambda a, b, p: (a - b) % p,
+    "x*y": lambda a, b, p: (a * b) % p,
+    "x/y": lambda a, b, p: next(c for c in range(p) if (c * b) % p == a),
+    "x^2+y^2": lambda a, b, p: (a * a + b * b) % p,
+    "x^2+xy+y^2": lambda a, b, p: (a * a + a * b + b * b) % p,
+    "x^2+xy+y^2+x": lambda a, b, p: (a * a + a * b + b * b + a) % p,
+    "x^3+xy": lambda a, b, p: (a**3 + a * b) % p,
+    "x^3+xy^2+y": lambda a, b, p: (a**3 + a * b * b + b) % p,
+    "x//y_or_x-y": lambda a, b, p: (a // b) % p if b % 2 == 1 else (a - b) % p,
+    "s5:x*y": lambda a, b, p: PERMS.index(_compose(PERMS[a], PERMS[b])),
+    "s5:x*y*x^-1": lambda a, b, p: PERMS.index(
+        _compose(_compose(PERMS[a], PERMS[b]), _inverse(PERMS[a]))),
+    "s5:x*y*x": lambda a, b, p: PERMS.index(_compose(_compose(PERMS[a], PERMS[b]), PERMS[a])),
+}
+
+
+@pytest.mark.parametrize("op", list(OPERATIONS))
+def test_every_task_matches_a_direct_python_computation(op):
+    assert set(DIRECT) == set(OPERATIONS)
+    p = 23
+    pairs, labels = make_pairs(op, p)
+    expected = [DIRECT[op](a, b, p) for a, b in pairs.tolist()]
+    assert labels.tolist() == expected
+    if op.startswith("s5:"):
+        assert sorted(PERMS) == PERMS and len(set(labels.tolist())) > 1
 
 
 def test_labels_obey_the_operation():
@@ -68,6 +109,10 @@ def test_split_is_seeded_disjoint_and_sized():
     (dict(train_fraction=0.0), "train_fraction", "> 0"),
     (dict(train_fraction=1.0), "train_fraction", "< 1"),
     (dict(model="transformer", d_model=30, heads=4), "heads", "divide"),
+    (dict(lr=float("inf")), "lr", "finite"),
+    (dict(steps=1e9), "steps", "<="),
+    (dict(beta2=1.0), "beta2", "< 1"),
+    (dict(grokfast="sma"), "grokfast", "ema"),
 ])
 def test_bad_config_fails_before_any_work(bad, key, words):
     with pytest.raises(ConfigError) as err:
@@ -151,9 +196,69 @@ def test_non_finite_loss_raises():
 @pytest.mark.parametrize("args, expected", [
     ((None, None), "confusion"), ((100, None), "memorization"),
     ((100, 1099), "comprehension"), ((100, 1100), "grokking"),
+    ((100, 1099, 500), "grokking"), ((100, 1100, 2000), "comprehension"),
 ])
 def test_phase(args, expected):
     assert grokking.phase(*args) == expected
+
+
+def test_delay_cut_and_ratio_are_reported(monkeypatch):
+    config = {**TINY, "threshold": 0.1, "lr": 1e-2, "steps": 200, "eval_points": 30}
+    _, summary = run_all(config)  # both reach 10% accuracy (test by chance, at step 1)
+    assert summary["step_train_99"] and summary["step_test_99"]
+    assert summary["grok_ratio"] == summary["step_test_99"] / summary["step_train_99"]
+    cuts = []
+    monkeypatch.setattr(grokking, "phase", lambda *args: cuts.append(args) or "x")
+    run_all({**config, "grok_delay_steps": 7})
+    assert cuts == [(summary["step_train_99"], summary["step_test_99"], 7)]
+
+
+def test_betas_reach_adamw():
+    rows, _ = run_all(TINY)
+    assert run_all({**TINY, "beta1": 0.9, "beta2": 0.98})[0] == rows
+    assert run_all({**TINY, "beta2": 0.999})[0][-1] != rows[-1]
+    assert run_all({**TINY, "beta1": 0.5})[0][-1] != rows[-1]
+
+
+@pytest.mark.parametrize("rho", [0.0, 0.05])
+def test_grokfast_filters_the_applied_gradient(rho):
+    plain, _ = run_all({**TINY, "rho": rho})
+    # lamb 0 adds nothing: bit for bit the run without a filter
+    assert run_all({**TINY, "rho": rho, "grokfast": "ema", "grokfast_lamb": 0.0})[0] == plain
+    assert run_all({**TINY, "rho": rho, "grokfast": "ema"})[0][-1] != plain[-1]
+    assert run_all({**TINY, "rho": rho, "grokfast": "ma", "grokfast_window": 5})[0][-1] != plain[-1]
+
+
+@pytest.mark.parametrize("kind", ["ema", "ma"])
+def test_grad_filter_is_lee_et_als(kind):
+    """The reference's gradfilter_ema / gradfilter_ma (with warmup), written out per step."""
+    from sam_lab.grokfast import GradFilter
+
+    param = torch.nn.Parameter(torch.zeros(3))
+    grads = [torch.randn(3, generator=torch.Generator().manual_seed(i)) for i in range(7)]
+    filt = GradFilter([param], kind, alpha=0.9, lamb=2.0, window=3)
+    ema = None
+    for i, g in enumerate(grads):
+        param.grad = g.clone()
+        filt()
+        if kind == "ema":
+            ema = g if ema is None else 0.9 * ema + 0.1 * g
+            expected = g + 2.0 * ema
+        else:
+            expected = g + 2.0 * torch.stack(grads[i - 2:i + 1]).mean(0) if i >= 2 else g
+        torch.testing.assert_close(param.grad, expected)
+
+
+def test_transformer_trial_measures_sharpness_after_training():
+    _, summary = run_all({**TINY, "model": "transformer", "d_model": 16, "heads": 2, "depth": 1,
+                          "steps": 3, "measure_sharpness": True})
+    assert np.isfinite([summary["lambda_max"], summary["hessian_trace"],
+                        summary["eps_sharpness"]]).all()
+
+
+def test_s5_task_trains_on_120_tokens():
+    rows, _ = run_all({**TINY, "operation": "s5:x*y", "steps": 2, "modulus": 2})
+    assert rows[-1]["step"] == 2 and np.isfinite(rows[-1]["train_loss"])
 
 
 def synthetic_sweep(tmp_path):
