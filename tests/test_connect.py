@@ -78,6 +78,8 @@ def test_bezier_curve_removes_the_linear_barrier_on_an_mlp():
     assert s["barrier_loss_linear"] >= 5 * s["barrier_loss_curve"]
     assert s["max_err_curve"] <= max(s["test_err_a"], s["test_err_b"]) + 0.02
     assert s["length_curve"] > s["length_linear"]
+    # a trained curve's objective is near its endpoints' loss, far below the line's ridge
+    assert s["curve_train_loss"] < s["barrier_loss_linear"] / 3
 
 
 def test_bn_recompute_makes_the_curve_start_at_endpoint_a():
@@ -91,13 +93,48 @@ def test_bn_recompute_makes_the_curve_start_at_endpoint_a():
 
     err = lambda net: 1 - evaluate(net, data.x_test, data.y_test)[1]  # noqa: E731
     err_a = err(a)
-    stale = err(curve.at(0.0))  # BN statistics shared over all t, as in Garipov et al.'s code
+    stale = err(curve.at(0.0))  # BN statistics left over from the template, not recomputed
     fresh = err(curve.at(0.0, bn_data=data.x_train))
     a_fresh = copy.deepcopy(a)
     curves.recompute_bn(a_fresh, data.x_train)
     assert abs(stale - err_a) > 0.1
     assert fresh == err(a_fresh)  # same weights, same statistics: identical
     assert abs(fresh - err_a) <= 0.02  # and within noise of A's own running statistics
+
+
+def test_bn_recompute_weights_each_batch_by_its_size():
+    """Garipov et al.'s update_bn: with 1,000 + 300 examples the mean is x's mean, the variance
+    the size-weighted mean of the batches' (equal weights put the 300 on a par with the 1,000)."""
+    torch.manual_seed(0)
+    x = torch.cat([torch.randn(1000, 3), 2 + 3 * torch.randn(300, 3)])
+    bn = nn.BatchNorm1d(3)
+    model = nn.Sequential(bn).eval()
+    curves.recompute_bn(model, x, batch_size=1000)
+    torch.testing.assert_close(bn.running_mean, x.mean(0))
+    var = (1000 * x[:1000].var(0) + 300 * x[1000:].var(0)) / 1300
+    torch.testing.assert_close(bn.running_var, var)
+    assert bn.momentum == 0.1 and not model.training  # put back as found
+
+
+def test_endpoint_b_has_its_own_seed_stream():
+    """B of seed s used to be A of seed s + 1: the same network in two "independent" pairs."""
+    seeds_b = [connect.endpoint_b_seed(s) for s in range(100)]
+    assert len(set(seeds_b)) == 100 and min(seeds_b) >= 2**32
+    tiny = dict(dataset="digits", model="mlp", width=8, epochs=1, curve_epochs=1, points=3,
+                threads=1)
+    first, second = _run(dict(tiny, seed=0))[1], _run(dict(tiny, seed=1))[1]
+    assert first["train_loss_b"] != second["train_loss_a"]
+    explicit = _run(dict(tiny, seed=0, seed_b=connect.endpoint_b_seed(0)))[1]
+    assert explicit | {"train_s": 0} == first | {"train_s": 0}
+
+
+def test_curve_lr_defaults_to_the_endpoints_lr_and_the_curve_loss_is_reported():
+    tiny = dict(dataset="digits", model="mlp", width=16, epochs=2, curve_epochs=2, points=3,
+                lr=0.05, threads=1)
+    default = _run(tiny)[1]
+    assert _run(dict(tiny, curve_lr=0.05))[1] | {"train_s": 0} == default | {"train_s": 0}
+    slow = _run(dict(tiny, curve_lr=0.001))[1]
+    assert 0 < default["curve_train_loss"] < slow["curve_train_loss"]
 
 
 def test_endpoints_load_from_checkpoints(tmp_path):
