@@ -80,6 +80,11 @@ def test_cifar10_refuses_pickles_that_are_not_arrays(tmp_path):
     (dict(optimizer="lion"), "optimizer"),
     (dict(n_train=99999), "n_train"),
     (dict(dataset="gaussian", model="cnn5"), "model"),
+    (dict(lr=float("inf")), "lr"),  # non-finite floats only where a field allows them
+    (dict(weight_decay=float("nan")), "weight_decay"),
+    (dict(epochs=1e9), "epochs"),
+    (dict(sam_m=-1), "sam_m"),
+    (dict(grokfast="fast"), "grokfast"),
     (dict(dataset="cifar10", data_dir="/nonexistent/cifar"), "data_dir"),
 ])
 def test_bad_configs_name_the_key_before_any_work(bad, key):
@@ -92,6 +97,52 @@ def test_bad_configs_name_the_key_before_any_work(bad, key):
 def test_yaml_style_numbers_are_coerced():
     cfg = parse(ClassifyConfig, dict(lr="1e-3", epochs=1e2, sam_p=float("inf")))
     assert cfg.lr == 1e-3 and cfg.epochs == 100 and isinstance(cfg.epochs, int)
+
+
+def test_m_sharpness_gives_each_chunk_its_own_eps():
+    """sam_m_gradient against the definition: per chunk c of m examples, eps_c = rho g_c / |g_c|
+    and the gradient at w + eps_c on c; .grad is their average weighted by chunk size."""
+    from torch import nn
+
+    from sam_lab.optim import SAM
+    from sam_lab.train import sam_m_gradient
+
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    x, y = torch.randn(7, 3), torch.randint(0, 2, (7,))
+    loss_fn = torch.nn.functional.cross_entropy
+    w = [p.detach().clone() for p in model.parameters()]
+    expected = [torch.zeros_like(p) for p in w]
+    for start in range(0, 7, 3):  # chunks of 3, 3 and 1
+        xc, yc = x[start:start + 3], y[start:start + 3]
+        g = torch.autograd.grad(loss_fn(model(xc), yc), list(model.parameters()))
+        norm = torch.sqrt(sum(t.square().sum() for t in g))
+        moved = nn.Linear(3, 2)
+        with torch.no_grad():
+            for q, w0, gi in zip(moved.parameters(), w, g):
+                q.copy_(w0 + 0.1 * gi / norm)
+        g_eps = torch.autograd.grad(loss_fn(moved(xc), yc), list(moved.parameters()))
+        for e, gi in zip(expected, g_eps):
+            e += gi * len(yc) / 7
+    opt = SAM(model.named_parameters(), torch.optim.SGD, rho=0.1, lr=0.1)
+    loss = sam_m_gradient(model, opt, x, y, 3, loss_fn=loss_fn)
+    for p, e, w0 in zip(model.parameters(), expected, w):
+        torch.testing.assert_close(p.grad, e)
+        assert torch.equal(p.detach(), w0)  # weights restored
+    assert loss.item() == pytest.approx(loss_fn(model(x), y).item(), rel=1e-5)
+
+
+def test_m_sharpness_in_the_loop():
+    sam = {**TINY, "rho": 0.05, "batch_size": 50}
+    plain = list(classify(sam))
+    assert list(classify({**sam, "sam_m": 50})) == plain  # m >= the batch: SAM itself
+    assert list(classify({**sam, "sam_m": 10}))[-1] != plain[-1]
+
+
+def test_grokfast_in_the_classify_loop():
+    plain = list(classify(TINY))
+    assert list(classify({**TINY, "grokfast": "ema", "grokfast_lamb": 0.0})) == plain
+    assert list(classify({**TINY, "grokfast": "ema"}))[-1] != plain[-1]
 
 
 def test_same_config_and_seed_give_identical_metrics():

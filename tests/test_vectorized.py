@@ -41,6 +41,9 @@ def _assert_rows_close(packed_rows, alone_rows, n_train):
     (dict(grad_clip=0.3), [dict(seed=0, rho=0.05), dict(seed=1, rho=0.2), dict(seed=1, rho=0.0)]),
     (dict(optimizer="adam", lr=3e-3, schedule="cosine", sam_p=3.0, adaptive=True),
      [dict(seed=3, rho=0.1), dict(seed=4, rho=0.5)]),
+    (dict(adaptive=True, asam_eta=0.05), [dict(seed=0, rho=0.3), dict(seed=1, rho=0.5)]),
+    (dict(sam_m=15, grokfast="ema"), [dict(seed=0, rho=0.05), dict(seed=1, rho=0.0)]),
+    (dict(grokfast="ma", grokfast_window=3), [dict(seed=0), dict(seed=1)]),
 ])
 def test_each_packed_model_matches_its_separate_run(extra, variants):
     configs = [{**BASE, **extra, **v} for v in variants]
@@ -85,6 +88,7 @@ def _stacked_grads(k_models, seed):
     for param in params:
         param.grad = torch.randn(param.shape, generator=g) * 10 ** torch.randn(())
         param.grad[1] = 0  # model 1: a zero gradient gives eps = 0
+    params[0].grad[2].view(-1)[0] = math.inf  # model 2: a non-finite one too
     return params
 
 
@@ -101,7 +105,26 @@ def test_per_model_eps_is_sams_eps_for_each_model(p, adaptive):
         opt = SAM(alone, torch.optim.SGD, rho=rho[k].item(), p=p, adaptive=adaptive, lr=0.1)
         for (_, want), got in zip(opt.perturbation(), eps):
             torch.testing.assert_close(got[k], want, rtol=1e-5, atol=1e-7)
-    assert all(e[1].abs().sum() == 0 for e in eps)
+    assert all(e[1].abs().sum() == 0 and e[2].abs().sum() == 0 for e in eps)
+    assert all(torch.isfinite(e).all() for e in eps)
+
+
+def test_packed_asam_scales_the_same_named_tensors_as_sam():
+    mods = [nn.Sequential(nn.Linear(4, 3), nn.LayerNorm(3)) for _ in range(2)]
+    packed = Packed(mods)
+    g = torch.Generator().manual_seed(0)
+    for param in packed.params:
+        param.grad = torch.randn(param.shape, generator=g)
+    rho = torch.tensor([0.2, 0.4])
+    eps = packed_perturbation(packed.params, rho, 2.0, True, 0.05, packed.names)
+    for k in range(len(mods)):
+        named = [(n, nn.Parameter(p.detach()[k].clone())) for n, p in zip(packed.names,
+                                                                           packed.params)]
+        for (_, a), p in zip(named, packed.params):
+            a.grad = p.grad[k].clone()
+        opt = SAM(named, torch.optim.SGD, rho=rho[k].item(), adaptive=True, eta=0.05, lr=0.1)
+        for (_, want), got in zip(opt.perturbation(), eps):
+            torch.testing.assert_close(got[k], want, rtol=1e-5, atol=1e-7)
 
 
 def test_a_diverging_model_fails_alone():
