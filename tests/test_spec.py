@@ -122,3 +122,14 @@ def test_dry_run_shows_which_trials_share_a_pack(tmp_path, capsys):
     assert lines[0].split()[-1] == "pack"
     packs = [line.split()[-1] for line in lines[1:9]]
     assert packs == ["0", "0", "1", "1", "2", "2", "3", "3"]  # the two seeds of each point
+
+
+@pytest.mark.parametrize("grid", ["missing", {}, None])
+def test_a_spec_without_grid_is_the_base_config_times_the_seeds(tmp_path, grid):
+    changes = {"seeds": [0, 3]} if grid == "missing" else {"seeds": [0, 3], "grid": grid}
+    s = load(tmp_path, changes, drop=("grid",) if grid == "missing" else ())
+    assert [(t.seed, t.point) for t in s.trials] == [(0, {}), (3, {})]
+    assert s.trials[0].config["width"] == 64 and s.trials[0].config["epochs"] == 2  # base
+    assert s.trials[1].label == "seed=3" and s.grid == {}
+    gridded = load(tmp_path, {"seeds": [0, 3], "grid": {"width": [64]}})
+    assert [t.trial_id for t in gridded.trials] == [t.trial_id for t in s.trials]
