@@ -14,8 +14,8 @@ model through `functional_call` under `vmap`. Everything `classify` does per mod
 model: its init (`setup` with its seed), its n_train subset and label noise, its data order (its
 own seeded generator), its SAM perturbation (its own gradient norm and rho; rho = 0 gives eps = 0,
 so SAM and plain models mix; with `sam_m`, one eps per chunk of m examples), its Grokfast filter
-state (elementwise, so one filter over the stacked tensors), and its gradient clipping norm. The base optimizers (SGD, Adam,
-AdamW) are elementwise, so one of them steps the stacked parameters. Each model agrees with a
+state, and its gradient clipping norm. The base optimizers (SGD, Adam, AdamW) and the Grokfast
+filter are elementwise, so one of each steps the stacked parameters. Each model agrees with a
 separate `classify` run to float tolerance (tests/test_vectorized.py).
 
 Configs may differ only in `seed` and `rho`, and the model must be `mlp`: BatchNorm's running

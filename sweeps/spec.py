@@ -5,10 +5,10 @@
 
 A spec is a study: `name` (the results folder and MLflow experiment), `experiment` (a family in
 `sam_lab.trials`), `description`, `base` (config shared by all trials), `grid` (a cartesian
-product of config values; missing or {} = the base config alone), `seeds` (a list, or n meaning 0..n-1), `resources` (per trial) and
-`failure_retries` (how often a trial lost to a dead worker or node is restarted), and `pack`
-with `pack_size` (train up to pack_size trials that differ only in the `pack` keys in one process,
-vmapped; see `Spec.units`).
+product of config values; missing or {} = the base config alone), `seeds` (a list, or n meaning
+0..n-1), `resources` (per trial) and `failure_retries` (how often a trial lost to a dead worker or
+node is restarted), and `pack` with `pack_size` (train up to pack_size trials that differ only in
+the `pack` keys in one process, vmapped; see `Spec.units`).
 
 Everything is checked here, before Ray or MLflow start, and any problem is one `SpecError` line
 naming the file, the key and what is allowed.
@@ -141,8 +141,8 @@ def trial_id(experiment: str, config: dict) -> str:
     their `legacy` value or outside their `applies` condition left out, so a new key leaves the
     ids of finished trials alone), minus EXECUTION_KEYS."""
     kept = identity(families.get(experiment).Config, config)
-    identity_ = {k: v for k, v in kept.items() if k not in EXECUTION_KEYS}
-    blob = json.dumps({"experiment": experiment, "config": identity_}, sort_keys=True,
+    kept = {k: v for k, v in kept.items() if k not in EXECUTION_KEYS}
+    blob = json.dumps({"experiment": experiment, "config": kept}, sort_keys=True,
                       separators=(",", ":"), allow_nan=True)
     return hashlib.sha1(blob.encode()).hexdigest()[:16]
 

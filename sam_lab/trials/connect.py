@@ -12,8 +12,8 @@ from `endpoint_a` / `endpoint_b`: state_dict files (`torch.save(model.state_dict
 same architecture, read with `torch.load(weights_only=True)`.
 
 The curve (`curve`, `num_bends`) is trained for `curve_epochs` with the classify optimizer
-(without SAM or Grokfast) at `curve_lr` (by default the endpoints' `lr`) and the classify schedule, one t ~ U(0, 1) per minibatch, and
-`weight_decay` as L2 at the curve point. Then `points` evenly spaced t (61 by default) are
+(without SAM or Grokfast) at `curve_lr` (by default the endpoints' `lr`) and the classify
+schedule, one t ~ U(0, 1) per minibatch, and `weight_decay` as L2 at the curve point. Then `points` evenly spaced t (61 by default) are
 evaluated on the straight line and on the curve, BN statistics recomputed at every t, yielding
 one row per (path, t): step (row index over the trial), path (linear | curve), t, train_loss,
 train_err, test_loss, test_err. The trial returns

@@ -9,8 +9,9 @@ Training is AdamW (betas `beta1`, `beta2`: 0.9, 0.98 as in Power et al.; torch's
 after it, full batch (`batch_size: 0`) or shuffled minibatches, and SAM around AdamW when rho > 0
 (weight decay stays in AdamW, out of the ascent step). A step is one optimizer update, SAM's two
 passes included. `grokfast: ema | ma` filters the gradient before each AdamW step (with SAM,
-the gradient at w + eps; see sam_lab.grokfast). `init_scale` multiplies every initial parameter (Omnigrok's alpha). `seed` fixes
-the train/test split, the initialisation and the minibatch order.
+the gradient at w + eps; see sam_lab.grokfast). `init_scale` multiplies every initial parameter
+(Omnigrok's alpha). `seed` fixes the train/test split, the initialisation and the minibatch order.
+`operation` is one of Power et al.'s tasks (sam_lab.algorithmic; S5 tasks ignore `modulus`).
 
 Evaluation runs on every pair (no grad) at `eval_points` log-spaced steps, deduplicated to
 integers, last step included. A row is step, epoch, lr, train/test loss and accuracy, and
