@@ -160,6 +160,7 @@ def heatmap_figure(table: pd.DataFrame, x: str, y: str, value: str, facet: str |
                     kinds.add(_mark_cell(ax, j, i, _matches(failed, f, xv, yv), words))
         ax.set(xlabel=label(x), ylabel=label(y), title=(f"{common.name(facet)} {common.fmt(f)}"
                                                         if facet else title))
+        ax.tick_params(axis="y", labelrotation=0)
         common.category_axis(ax.xaxis)
         common.category_axis(ax.yaxis)
     if kinds:

@@ -79,6 +79,11 @@ def audit(fig, expected_ticks: dict | None = None) -> list[str]:
                 problems.append(f"{where}: {axis} axis has no label")
             problems += [f"{where}: {axis} tick labels overlap: {a!r} and {b!r}"
                          for a, b in _overlaps(target, renderer)]
+    titles = [(ax.title.get_text(), ax.title.get_window_extent(renderer)) for ax in data
+              if ax.title.get_text()]
+    problems += [f"panel titles overlap: {a!r} and {b!r}"
+                 for (a, box_a), (b, box_b) in itertools.combinations(titles, 2)
+                 if box_a.overlaps(box_b)]
     for ax in bars:
         target = ax.yaxis if ax.get_ylabel() or not ax.get_xlabel() else ax.xaxis
         if not target.get_label().get_text():
