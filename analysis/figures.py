@@ -118,7 +118,7 @@ def _shared_label(ax, axis, data) -> bool:
 
 
 def _overlaps(target, renderer):
-    labels = [t for t in target.get_ticklabels() if t.get_text() and t.get_visible()]
+    labels = [t for t in target.get_ticklabels(which="both") if t.get_text() and t.get_visible()]
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
     for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2):
         if box_a.overlaps(box_b) and box_a.width and box_b.width:

@@ -27,6 +27,7 @@ from matplotlib import pyplot as plt
 from matplotlib.colors import ListedColormap, LogNorm
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
+from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
 
 from analysis import common
 
@@ -252,10 +253,13 @@ def _curves(trials, failed, curves, spec) -> list:
 def _seed_spread(trials, failed, steps_to, spec):
     """One row per grid point: a box over its seeds, a dot per seed, x for seeds that never got
     there (drawn at their step budget)."""
+    trials = trials.assign(words=trials["words"].str.replace(", ", "\n"))
     order = list(dict.fromkeys(trials["words"]))  # grid order: trials come sorted by grid keys
     reached = trials[trials["step_test_99"].notna()]
     never = trials[trials["step_test_99"].isna()]
-    fig, ax = plt.subplots(figsize=(6.0, 0.45 * len(order) + 1.6), layout="constrained")
+    lines = order[0].count("\n") + 1 if order else 1
+    fig, ax = plt.subplots(figsize=(5.5, (0.25 + 0.17 * lines) * len(order) + 1.4),
+                           layout="constrained")
     sns.boxplot(data=reached, y="words", x="step_test_99", order=order, color="0.9", ax=ax,
                 showfliers=False, log_scale=True, orient="h")
     sns.stripplot(data=reached, y="words", x="step_test_99", order=order, hue="seed",
@@ -266,5 +270,9 @@ def _seed_spread(trials, failed, steps_to, spec):
     ax.set(ylabel="grid point", xlabel=steps_to,
            title=common.with_tally(f"{spec['name']}: spread of steps to generalize over seeds",
                                    len(failed)))
+    ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+    ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.grid(alpha=0.3, axis="x")
     ax.legend(bbox_to_anchor=(1.02, 1), loc="upper left", title="seed")
     return fig
