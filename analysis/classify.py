@@ -32,14 +32,7 @@ def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
     if "width" in swept:
         failed = trials[trials.status == "failed"]
         if not curves.empty and curves["epoch"].nunique() > 2:
-            table = dd.epochs_table(ok, curves)
-            no_curve = len(set(ok.trial_id) - set(curves.trial_id))
-            title = common.with_tally("test error by width and epoch", len(failed),
-                                      common.n_missing(trials, spec), no_curve)
-            figures.append(("heatmap_width_x_epochs", dd.heatmap_figure(
-                table, "width", "epoch", "test_error", facet=facet, title=title,
-                xs=common.grid_values(spec, "width"),
-                failed=[(None, w, None) for w in set(failed["width"]) - set(ok["width"])])))
+            figures += _epochs_heatmaps(trials, curves, spec, swept, facet)
         errors = dd.with_errors(trials)
         for y in ("n_train", "rho"):
             if y in swept:
@@ -56,11 +49,35 @@ def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
     return figures
 
 
+def _epochs_heatmaps(trials, curves, spec, swept, facet):
+    """Test error by width and epoch: panels by label noise, else by rho; with both swept, one
+    figure per rho (stem suffix). Widths whose trials all failed, or have no curve, are hatched."""
+    ok, failed = trials[trials.status == "ok"], trials[trials.status == "failed"]
+    table = dd.epochs_table(ok, curves)
+    facet = facet or ("rho" if "rho" in swept else None)
+    split = "rho" if "rho" in swept and facet != "rho" else None
+    out = []
+    for value in common.grid_values(spec, split) if split else [None]:
+        def part(df, value=value):
+            return df if split is None else df[df[split] == value]
+        no_curve = len(set(part(ok).trial_id) - set(curves.trial_id))
+        where = f" ({common.name(split)} {common.fmt(value)})" if split else ""
+        title = common.with_tally(f"test error by width and epoch{where}", len(part(failed)),
+                                  common.n_missing(trials, spec) if not split else 0, no_curve)
+        cells = _failed_cells(part(trials), ["width"], facet)
+        fig = dd.heatmap_figure(part(table), "width", "epoch", "test_error", facet=facet,
+                                title=title, xs=common.grid_values(spec, "width"),
+                                failed=[(*c, None) for c in cells])
+        out.append((f"heatmap_width_x_epochs{f'_{split}{value}' if split else ''}", fig))
+    return out
+
+
 def _failed_cells(trials, keys, facet):
     """(facet, x, y) of the cells whose trials all failed."""
     cols = [facet, *keys] if facet else keys
     status = trials.groupby(cols)["status"].apply(lambda s: (s == "failed").all())
     cells = status[status].index
+    cells = [c if isinstance(c, tuple) else (c,) for c in cells]
     return [c if facet else (None, *c) for c in cells]
 
 

@@ -37,7 +37,7 @@ WIDTH = 7.0  # inches: the widest figure; one panel is about 3.4
 MODE = 0o644  # figures are for sharing: world-readable, like any file a plot tool writes
 
 TEST = dict(color="#1f5fa8", ls="-", marker="o")
-TRAIN = dict(color="#e8871e", ls="--", marker="X")
+TRAIN = dict(color="#e8871e", ls="--", marker="s")
 FAILED = dict(marker="x", color="#d62728", s=40, linewidths=1.5, zorder=5)
 MISSING = dict(marker="o", facecolor="none", edgecolor="0.45", s=36, linewidths=1.2, zorder=5)
 FAILED_HATCH, MISSING_HATCH = "xx", "//"
@@ -196,7 +196,7 @@ def mark_failed_missing(ax, failed_x=(), missing_x=()) -> None:
                    label=f"failed trial ({len(failed_x)})", clip_on=False, **FAILED)
     if len(missing_x):
         ax.scatter(list(missing_x), [0.04] * len(missing_x), transform=transform,
-                   label=f"no trial ({len(missing_x)})", clip_on=False, **MISSING)
+                   label=f"grid point with no trial ({len(missing_x)})", clip_on=False, **MISSING)
 
 
 def save(fig, out_dir: Path | str, stem: str) -> Path:

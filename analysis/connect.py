@@ -287,7 +287,8 @@ def _landscape(trials, failed, curves, keys, spec):
     rows = rows.merge(chosen[["trial_id", *keys]], on="trial_id")
     levels = _log_levels(rows["train_loss"].to_numpy())
     side = keys[-1] if keys else None
-    shared = f"around endpoint A (lowest seed; the same A for curve {', '.join(kinds)})"
+    shared = "around endpoint A (lowest seed" + (
+        f"; the curve kinds {', '.join(kinds)} share A)" if len(kinds) > 1 else ")")
     out = []
     for suffix, where, sub in _split(rows, keys):
         lost = _within(failed, sub, keys)

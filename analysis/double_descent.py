@@ -51,7 +51,7 @@ def n_seeds(trials: pd.DataFrame, spec: dict) -> int:
 
 
 def error_figure(trials: pd.DataFrame, spec: dict, x: str, facet: str | None = None,
-                 mark: float | None = None):
+                 mark: float | None = None, mark_label: str | None = None):
     """Test (solid) and train (dashed) error against x, over all trials of a sweep.
 
     Other swept keys become colours (train a lighter shade of its setting's colour); `facet`
@@ -99,7 +99,8 @@ def error_figure(trials: pd.DataFrame, spec: dict, x: str, facet: str | None = N
             ax.set_title(f"{common.name(facet)} {common.fmt(value)}")
         ax.grid(alpha=0.3)
     threshold = thresholds[0] if len(thresholds) == 1 else (True if thresholds else None)
-    handles = _legend(settings, others, palette, threshold, x, mark, len(failed), len(absent))
+    handles = _legend(settings, others, palette, threshold, x, mark, len(failed), len(absent),
+                      mark_label)
     fig.legend(handles=handles, frameon=False, loc="outside lower center",
                ncols=min(len(handles), 3))
     title = f"{spec['name']}: test and train error, {common.seeds_note(seeds)}"
@@ -107,7 +108,7 @@ def error_figure(trials: pd.DataFrame, spec: dict, x: str, facet: str | None = N
     return fig
 
 
-def _legend(settings, others, palette, threshold, x, mark, n_failed, n_absent):
+def _legend(settings, others, palette, threshold, x, mark, n_failed, n_absent, mark_label):
     single = len(settings) == 1
     handles = [Line2D([], [], color=TEST["color"] if single else "0.2", ls="-",
                       marker=TEST["marker"], ms=4, label="test"),
@@ -122,13 +123,13 @@ def _legend(settings, others, palette, threshold, x, mark, n_failed, n_absent):
         handles.append(Line2D([], [], color="0.3", ls=":", label=f"train error 0{words}"))
     if mark is not None:
         handles.append(Line2D([], [], color="#d62728", ls="-.",
-                              label=f"{common.name(x)} = {common.fmt(mark)}"))
+                              label=mark_label or f"{common.name(x)} = {common.fmt(mark)}"))
     if n_failed:
         handles.append(Line2D([], [], ls="", marker="x", color="#d62728",
                               label=f"failed trial ({n_failed})"))
     if n_absent:
         handles.append(Line2D([], [], ls="", marker="o", mfc="none", color="0.45",
-                              label=f"no trial ({n_absent})"))
+                              label=f"grid point with no trial ({n_absent})"))
     return handles
 
 

@@ -18,7 +18,8 @@ def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
     n_train = ok["n_train"].unique()
     figures = [("error_vs_n_features", dd.error_figure(
         trials, spec, "n_features", facet="n_train" if swept else None,
-        mark=float(n_train[0]) if len(n_train) == 1 else None))]
+        mark=float(n_train[0]) if len(n_train) == 1 else None,
+        mark_label=f"N = training samples ({n_train[0]})" if len(n_train) == 1 else None))]
     if swept:
         failed = trials[trials.status == "failed"]
         title = common.with_tally("test error by random features and training samples",

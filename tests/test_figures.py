@@ -132,6 +132,26 @@ def test_classify_figures_hatch_failed_and_missing_cells(tmp_path):
         plt.close(fig)
 
 
+def test_epoch_heatmap_has_a_panel_per_rho(tmp_path):
+    """Width x rho: the width x epoch heatmap must not average SGD and SAM runs together."""
+    trials, curves = [], {}
+    for i, (w, rho) in enumerate(itertools.product([8, 64], [0.0, 0.05])):
+        trials.append(dict(trial_id=f"t{i}", status="ok", seed=0, width=w, rho=rho,
+                           train_acc=1.0, test_acc=0.9 - rho))
+        curves[f"t{i}"] = [dict(trial_id=f"t{i}", step=e, epoch=e, test_acc=0.9 - rho - 1 / e)
+                           for e in (1, 2, 4, 8)]
+    grid = dict(width=[8, 64], rho=[0.0, 0.05])
+    spec = dict(name="wr", experiment="classify", grid=grid, seeds=[0],
+                trial_ids=[t["trial_id"] for t in trials])
+    built = dict(figures.build(write_sweep(tmp_path / "wr", spec, trials, curves)))
+    heat = built["heatmap_width_x_epochs"]
+    titles = [ax.get_title() for ax in heat.axes if ax.get_title()]
+    assert titles == ["SAM radius ρ 0", "SAM radius ρ 0.05"]
+    for stem, fig in built.items():
+        assert figures.audit(fig, grid) == [], stem
+        plt.close(fig)
+
+
 def test_grokking_figures_pass_the_audit_and_count_failures(tmp_path):
     trials, curves, spec = synthetic_sweep(tmp_path)
     curves = curves[curves["trial_id"] != "t4"]  # a finished trial whose curve file is gone
