@@ -118,7 +118,11 @@ def _shared_label(ax, axis, data) -> bool:
 
 
 def _overlaps(target, renderer):
-    labels = [t for t in target.get_ticklabels(which="both") if t.get_text() and t.get_visible()]
+    target.get_ticklabels(which="both")  # updates the ticks' labels
+    lo, hi = sorted(target.get_view_interval())
+    ticks = target.get_major_ticks() + target.get_minor_ticks()
+    labels = [t.label1 for t in ticks if lo <= t.get_loc() <= hi and t.label1.get_text()
+              and t.label1.get_visible()]
     boxes = [(t.get_text(), t.get_window_extent(renderer)) for t in labels]
     for (a, box_a), (b, box_b) in itertools.combinations(boxes, 2):
         if box_a.overlaps(box_b) and box_a.width and box_b.width:

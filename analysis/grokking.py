@@ -267,9 +267,12 @@ def _seed_spread(trials, failed, steps_to, spec):
     if not never.empty:
         ax.scatter(never["steps"], [order.index(c) for c in never["words"]], marker="x",
                    color="#d62728", label="never (at step budget)", zorder=3)
+    ax.set_yticks(range(len(order)), labels=order)  # every grid point, even if none got there
+    ax.set_ylim(len(order) - 0.5, -0.5)
     ax.set(ylabel="grid point", xlabel=steps_to,
            title=common.with_tally(f"{spec['name']}: spread of steps to generalize over seeds",
                                    len(failed)))
+    ax.set_xscale("log")
     ax.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
     ax.xaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
     ax.xaxis.set_minor_formatter(NullFormatter())
