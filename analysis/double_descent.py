@@ -151,7 +151,8 @@ def heatmap_figure(table: pd.DataFrame, x: str, y: str, value: str, facet: str |
         grid = grid.reindex(index=sorted(ys if ys is not None else grid.index, reverse=True),
                             columns=sorted(xs if xs is not None else grid.columns))
         sns.heatmap(grid, ax=ax, cmap="magma_r", vmin=None if norm else vmin,
-                    vmax=None if norm else vmax, norm=norm, cbar_kws=dict(label=label(value)),
+                    vmax=None if norm else vmax, norm=norm, cbar=len(facets) == 1,
+                    cbar_kws=dict(label=label(value)),
                     xticklabels=[common.fmt(v) for v in grid.columns],
                     yticklabels=[common.fmt(v) for v in grid.index])
         words = grid.shape[0] <= 12  # a word per cell while cells are big enough to hold it
@@ -164,6 +165,8 @@ def heatmap_figure(table: pd.DataFrame, x: str, y: str, value: str, facet: str |
         ax.tick_params(axis="y", labelrotation=0)
         common.category_axis(ax.xaxis)
         common.category_axis(ax.yaxis)
+    if len(facets) > 1:  # one colour bar for the shared scale
+        fig.colorbar(axes[0].collections[0], ax=axes, label=label(value), shrink=0.8)
     if kinds:
         fig.legend(handles=[Patch(facecolor="white", edgecolor="0.55", label=f"{k} (no result)",
                                   hatch=FAILED_HATCH if k == "failed" else MISSING_HATCH)

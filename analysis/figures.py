@@ -55,7 +55,8 @@ def audit(fig, expected_ticks: dict | None = None) -> list[str]:
     labelled; no 95% CI claimed over 1 seed; a size that fits a page; no text under 6 pt; no
     overlapping tick labels; and for each key of `expected_ticks` ({key: values run}) on an axis
     labelled for it, a tick (or tick label) at every value. A key with several values that is on
-    no axis must name each value in a legend, title or tick label."""
+    no axis must name each value in a legend, title or tick label, unless the figure is one of a
+    set split by that key (a title names "<key> <value>")."""
     common.thin_labels(fig)  # as `save` does, so the checks see the saved layout
     problems = []
     renderer = fig.canvas.get_renderer()
@@ -158,9 +159,19 @@ def _missing_values(data, texts, key, values) -> list[str]:
     if len(values) < 2:
         return []
     joined = "\n".join(t.get_text() for t in texts)
+    slice_of = [f"{common.name(key)} {common.fmt(v)}" for v in values]
+    if any(s in text for s in slice_of for text in _titles(data)):
+        return []  # one figure per value of this key: its title names the value
     return [f"{words} {common.fmt(v)}: on no axis and named nowhere in the figure"
             for v in values
             if not re.search(rf"(?<![\w.]){re.escape(common.fmt(v))}(?![\w.]|\.\d)", joined)]
+
+
+def _titles(data) -> list[str]:
+    """The figure's own title: its suptitle, or the title of its only panel."""
+    fig = data[0].figure if data else None
+    sup = [fig._suptitle.get_text()] if fig is not None and fig._suptitle else []
+    return sup + ([data[0].get_title()] if len(data) == 1 else [])
 
 
 def _sibling_label(ax, target) -> str:

@@ -238,3 +238,15 @@ def test_audit_finds_what_a_reader_would_miss():
     plt.close(fig)
     assert problems == ["no title (neither a figure title nor one on every panel)",
                         "width (hidden units) 16: no tick on the x axis of 'a panel'"]
+
+
+def test_audit_accepts_a_figure_per_value_but_not_a_lost_panel():
+    fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+    for ax, rho in zip(axes, (0.0, 0.05)):
+        ax.plot([1, 2], [1, 2])
+        ax.set(xlabel="epoch", ylabel="error (%)", title=f"{common.name('rho')} {rho:g}")
+    fig.suptitle(f"sweep ({common.name('model')} mlp)")
+    grid = {"model": ["mlp", "cnn5"], "rho": [0.0, 0.05, 0.1]}
+    problems = figures.audit(fig, grid)
+    plt.close(fig)
+    assert problems == ["SAM radius ρ 0.1: on no axis and named nowhere in the figure"]
