@@ -141,8 +141,12 @@ def value_axis(ax, axis: str, values, keep=()) -> None:
 
     Labels that would overlap are thinned when the figure is saved (`thin_labels`), keeping the
     ends and the values in `keep` (e.g. the interpolation threshold)."""
-    values = sorted(set(float(v) for v in values))
     target = ax.xaxis if axis == "x" else ax.yaxis
+    if not all(isinstance(v, (int, float, np.number)) and not isinstance(v, bool)
+               for v in values):
+        target._sam_lab_keep = set()  # categories (e.g. optimizer names): one tick each already
+        return
+    values = sorted(set(float(v) for v in values))
     if values and values[0] > 0 and values[-1] / values[0] >= 8:
         (ax.set_xscale if axis == "x" else ax.set_yscale)("log")
     (ax.set_xticks if axis == "x" else ax.set_yticks)(values, labels=[fmt(v) for v in values])
