@@ -1,7 +1,8 @@
 """Sharpness against rho and size: figures for a `classify` sweep run with measure_sharpness.
 
-- sharpness: lambda_max, Hessian trace, eps-sharpness and final test error against the swept
-  size key (width by default), one line per rho, mean and 95% band over seeds.
+- sharpness: λmax, Hessian trace, ε-sharpness and final test error (%) against the swept size key
+  (width by default), one colour per rho, 2 x 2 panels; mean and 95% band over seeds (no band
+  with 1 seed). Failed trials are red x on the x axis and counted in the title.
 Other keys that vary (besides seed, rho and the size key) split the figures (file stem suffix).
 """
 
@@ -11,44 +12,65 @@ from pathlib import Path
 
 import pandas as pd
 import seaborn as sns
+from matplotlib.lines import Line2D
 
-from analysis.common import save
+from analysis import common
+from analysis.double_descent import n_seeds
 
-MEASURES = {"lambda_max": "λ_max (Hessian)", "hessian_trace": "Hessian trace",
-            "eps_sharpness": "ε-sharpness", "test_err": "test error"}
+MEASURES = {"lambda_max": "Hessian top eigenvalue $\\lambda_{max}$",
+            "hessian_trace": "Hessian trace", "eps_sharpness": "ε-sharpness (loss increase)",
+            "test_error": "test error (%)"}
 
 
-def make_figures(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict,
-                 out_dir: Path) -> list[Path]:
-    trials = trials.dropna(subset=["lambda_max"])  # finished trials that measured sharpness
-    if trials.empty:
+def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
+    done = trials[trials["status"] == "ok"].dropna(subset=["lambda_max"])
+    if done.empty:
         return []
-    varying = [k for k in spec.get("grid", {})
-               if k in trials and k not in ("seed", "rho") and trials[k].nunique() > 1]
+    failed = trials[trials["status"] == "failed"]
+    grid = spec.get("grid", {})
+    varying = [k for k in grid if k in trials and k not in ("seed", "rho")
+               and len(common.grid_values(spec, k)) > 1]
     x = "width" if "width" in varying else (varying[0] if varying else "rho")
     hue = "rho" if x != "rho" else None  # a sweep of rho alone puts rho on the x axis
     rest = [k for k in varying if k != x]
-    long = trials.assign(test_err=1 - trials["test_acc"]).melt(
-        id_vars=list(dict.fromkeys([x, "rho", *rest])), value_vars=list(MEASURES),
-        var_name="measure")
-    long["measure"] = long["measure"].map(MEASURES)
-    if hue:
-        rhos = [str(r) for r in sorted(trials["rho"].unique())]
-        long["rho"] = pd.Categorical(long["rho"].map(str), rhos)  # distinct colours, not a ramp
-    groups = long.groupby(rest, sort=True) if rest else [((), long)]
+    done = done.assign(test_error=100 * (1 - done["test_acc"]))
+    rhos = sorted(done["rho"].unique()) if hue else []
+    palette = dict(zip(rhos, sns.color_palette("viridis", len(rhos))))
+    seeds = n_seeds(trials, spec)
+    groups = done.groupby(rest, sort=True) if rest else [((), done)]
     out = []
     for values, sub in groups:
         values = values if isinstance(values, tuple) else (values,)
         suffix = "".join(f"_{k}{v}" for k, v in zip(rest, values))
-        g = sns.relplot(data=sub, x=x, y="value", hue=hue, col="measure", kind="line",
-                        markers=True, dashes=False, errorbar=("ci", 95), height=2.8,
-                        facet_kws=dict(sharey=False))
-        g.set_titles("{col_name}")
-        g.set_ylabels("")
-        if pd.api.types.is_numeric_dtype(sub[x]) and (sub[x] > 0).all():
-            ticks = sorted(sub[x].unique())
-            g.set(xscale="log", xticks=ticks, xticklabels=[str(t) for t in ticks])
-            for ax in g.axes.flat:
-                ax.minorticks_off()
-        out.append(save(g.figure, out_dir, f"sharpness{suffix}"))
+        lost = failed
+        for k, v in zip(rest, values):
+            lost = lost[lost[k] == v]
+        fig, axes = common.panels(len(MEASURES), ncols=2, panel=(3.3, 2.4))
+        for ax, (measure, words) in zip(axes, MEASURES.items()):
+            for rho in rhos or [None]:
+                line = sub if rho is None else sub[sub["rho"] == rho]
+                sns.lineplot(data=line, x=x, y=measure, ax=ax, marker="o", markersize=4,
+                             color=palette.get(rho, "C0"), seed=0, legend=False,
+                             errorbar=("ci", 95) if seeds > 1 else None)
+            common.mark_failed_missing(ax, lost[x].tolist())
+            common.value_axis(ax, "x", common.grid_values(spec, x) or sub[x].unique())
+            ax.set(xlabel=common.label(x), ylabel=words)
+            ax.grid(alpha=0.3)
+        handles = [Line2D([], [], color=c, marker="o", ms=4, label=common.fmt(r))
+                   for r, c in palette.items()]
+        if len(lost):
+            handles.append(Line2D([], [], ls="", marker="x", color="#d62728",
+                                  label=f"failed trial ({len(lost)})"))
+        if handles:
+            fig.legend(handles=handles, title=common.label("rho") if hue else None,
+                       loc="outside lower center", ncols=min(len(handles), 5), frameon=False)
+        where = f" ({common.setting(dict(zip(rest, values)), rest)})" if rest else ""
+        title = f"{spec['name']}{where}: sharpness at the end of training, {common.seeds_note(seeds)}"
+        fig.suptitle(common.with_tally(title, len(lost)))
+        out.append((f"sharpness{suffix}", fig))
     return out
+
+
+def make_figures(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict,
+                 out_dir: Path) -> list[Path]:
+    return common.save_all(build(trials, curves, spec), out_dir)
