@@ -101,3 +101,56 @@ def boundary(trials: pd.DataFrame, axes, metric: str, threshold: float | None = 
     columns = [k for k in keys if k not in axes] + ["along", "lo", "hi", "x", "y", "label_lo",
                                                      "label_hi"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def is_uniform(frame: pd.DataFrame, x: str, y: str) -> bool:
+    """Whether the sampled (x, y) points form a full tensor grid (a plain heatmap fits)."""
+    points = frame[[x, y]].drop_duplicates()
+    return len(points) == points[x].nunique() * points[y].nunique()
+
+
+def nearest_fill(ax, frame: pd.DataFrame, x: str, y: str, value: str, log=(), resolution=240,
+                 **mesh_kw):
+    """Colour the plane by the `value` of the nearest sampled point (distances measured in axis
+    units, log10 on log axes, each axis scaled to [0, 1]): a non-uniform, refined grid drawn at
+    its own resolution. Returns (mesh x, mesh y, raster) for a boundary contour."""
+    import numpy as np
+
+    points = frame[[x, y, value]].dropna(subset=[x, y])
+
+    def scale(values, name):
+        values = np.asarray(values, dtype=float)
+        return np.log10(values) if name in log else values
+
+    px, py = scale(points[x], x), scale(points[y], y)
+    lo_x, hi_x, lo_y, hi_y = px.min(), px.max(), py.min(), py.max()
+    pad_x, pad_y = 0.5 * _step(px), 0.5 * _step(py)
+    gx = np.linspace(lo_x - pad_x, hi_x + pad_x, resolution)
+    gy = np.linspace(lo_y - pad_y, hi_y + pad_y, resolution)
+    mx, my = np.meshgrid(gx, gy)
+    span_x, span_y = max(hi_x - lo_x, 1e-12), max(hi_y - lo_y, 1e-12)
+    d = ((mx[..., None] - px) / span_x) ** 2 + ((my[..., None] - py) / span_y) ** 2
+    raster = np.asarray(points[value], dtype=float)[d.argmin(-1)]
+    ex, ey = (10 ** gx if x in log else gx), (10 ** gy if y in log else gy)
+    ax.pcolormesh(ex, ey, raster, shading="nearest", **mesh_kw)
+    if x in log:
+        ax.set_xscale("log")
+    if y in log:
+        ax.set_yscale("log")
+    return ex, ey, raster
+
+
+def _step(values) -> float:
+    import numpy as np
+
+    distinct = np.unique(values)
+    return float(np.diff(distinct).min()) if len(distinct) > 1 else 1.0
+
+
+def draw_boundary(ax, ex, ey, raster, levels, **kw):
+    """The boundary between fill classes, as the contour of the nearest-fill raster."""
+    import numpy as np
+
+    if len(np.unique(raster[np.isfinite(raster)])) > 1:
+        ax.contour(ex, ey, raster, levels=levels, colors=kw.pop("colors", "black"),
+                   linewidths=kw.pop("linewidths", 1.5), **kw)
