@@ -41,7 +41,8 @@ def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
                 figures.append((f"heatmap_width_x_{y}", dd.heatmap_figure(
                     errors, "width", y, "test_error", facet=facet, title=title,
                     xs=common.grid_values(spec, "width"), ys=common.grid_values(spec, y),
-                    failed=_failed_cells(trials, ["width", y], facet))))
+                    failed=_failed_cells(trials, ["width", y], facet),
+                    refine=spec.get("refine"))))
     if "lambda_max" in ok:  # run with measure_sharpness: its figures too
         from analysis import sharpness
 
