@@ -104,9 +104,9 @@ def boundary(trials: pd.DataFrame, axes, metric: str, threshold: float | None = 
 
 
 # Drawing a refined (non-uniform) grid. "Nearest" is measured in the plane the refiner halves:
-# log10 on log axes, each axis scaled to [0, 1]. In that plane the edge between two neighbours'
-# nearest-fill regions passes through their midpoint, i.e. through the crossing `boundary` puts
-# there, so the filled regions, the boundary line and the refiner all follow one rule.
+# log10 on log axes, each axis scaled to [0, 1], so the midpoints `boundary` places a crossing at
+# are midpoints of the fill too (the edge between two neighbours' regions passes through their
+# midpoint unless a third point is nearer to it).
 
 ROUND_SIZES = (30, 15, 8, 4)  # marker area (pt²) of points added in round 0, 1, 2, 3+
 BOUNDARY_LINE = dict(color="black", lw=1.6, solid_capstyle="round", zorder=4)
@@ -192,7 +192,8 @@ def boundary_lines(trials: pd.DataFrame, axes, metric: str, threshold: float | N
     no grid key but `axes`). A boundary that is a function of one axis is the `polyline` through
     the crossings of `boundary` (between sampled rows it is linear in the plane); any other is
     traced as the edges between the nearest-fill regions of points with different labels
-    (unknown points left out), which also pass through every crossing."""
+    (unknown points left out): they cut the segment between every pair of disagreeing
+    neighbours."""
     import contourpy
     import numpy as np
 

@@ -14,6 +14,7 @@ import pytest
 from matplotlib.collections import PathCollection
 
 from analysis import boundary, figures, grokking
+from sam_lab.trials import grokking as grok_trial
 from sam_lab.trials import random_features
 from sweeps import refine as refiner
 
@@ -95,5 +96,100 @@ def test_refined_heatmap_draws_the_boundary_at_n_equal_n_train(rf_refined):
     assert marks["failed"].get_offsets().tolist() == [list(map(float, FAILED))]
     assert marks["missing"].get_offsets().tolist() == [list(map(float, MISSING))]
     assert "1 failed, 1 missing" in ax.get_title()
+    for fig in built.values():
+        plt.close(fig)
+
+
+FRACTIONS, DECAYS = [0.2, 0.5, 0.8], [0.01, 0.3, 10.0]
+GROK_REFINE = {"axes": ["train_fraction", "weight_decay"], "metric": "phase", "rounds": 2,
+               "spacing": {"train_fraction": "linear", "weight_decay": "log"}}
+GROK_FAILED, GROK_MISSING = (0.2, 0.01), (0.5, 10.0)
+
+
+def synthetic_steps(fraction: float, decay: float, seed: int):
+    """(step_train, step_test) of a made-up phase diagram with all four phases: too much decay
+    never fits (confusion), small fractions memorize, a band above them groks."""
+    if decay >= 5:
+        return None, None
+    edge = 0.5 - 0.1 * np.log10(decay)
+    if fraction < edge:
+        return 200, None
+    return 200, (3000 if fraction < edge + 0.15 else 400) + 100 * seed
+
+
+def refined_grokking() -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+    r = refiner.parse(GROK_REFINE, dict(train_fraction=FRACTIONS, weight_decay=DECAYS),
+                      {"phase": "categorical"})
+    keys, rows, curves = ["train_fraction", "weight_decay"], [], []
+    todo = list(itertools.product(FRACTIONS, DECAYS))
+    for round_ in range(r.rounds + 1):
+        for (f, wd), seed in itertools.product(todo, (0, 1)):
+            step_train, step_test = synthetic_steps(f, wd, seed)
+            trial_id = f"f{f:g}wd{wd:g}s{seed}"
+            rows.append(dict(trial_id=trial_id, experiment="grokking", status="ok", error=None,
+                             seed=seed, train_fraction=f, weight_decay=wd, steps=10000,
+                             threshold=0.99, step_train_99=step_train, step_test_99=step_test,
+                             phase=grok_trial.phase(step_train, step_test), round=round_))
+            curves += [dict(trial_id=trial_id, step=s, train_acc=float(s >= (step_train or 1e9)),
+                            test_acc=float(s >= (step_test or 1e9)), weight_norm=40.0)
+                       for s in (1, 100, 1000, 10000)]
+        table = boundary.labels(pd.DataFrame(rows), keys, r.metric, r.threshold)
+        todo = refiner.next_points(r, keys, table, set())
+    trials = pd.DataFrame(rows)
+    ids = trials["trial_id"].tolist()
+    at = list(zip(trials.train_fraction, trials.weight_decay))
+    trials = trials[[p != GROK_MISSING for p in at]]
+    lost = [p == GROK_FAILED for p in zip(trials.train_fraction, trials.weight_decay)]
+    trials.loc[lost, ["status", "phase", "step_test_99"]] = ["failed", None, None]
+    spec = dict(name="grok", experiment="grokking", seeds=[0, 1], trial_ids=ids,
+                grid=dict(train_fraction=FRACTIONS, weight_decay=DECAYS), refine=GROK_REFINE)
+    return trials.reset_index(drop=True), pd.DataFrame(curves), spec
+
+
+def test_refined_phase_map_and_steps_map():
+    trials, curves, spec = refined_grokking()
+    assert trials["round"].max() == 2 and not boundary.is_uniform(trials, *GROK_REFINE["axes"])
+    built = dict(grokking.build(trials, curves, spec))
+    for stem, fig in built.items():
+        assert figures.audit(fig, spec["grid"]) == [], stem
+    # per-point figures keep to the grid: a curve panel per round-0 point with a trial row
+    panels = [ax for ax in built["grok_curves"].axes if ax.get_visible()]
+    assert len(panels) == len(FRACTIONS) * len(DECAYS) - 1
+
+    phase = built["grok_phase_train_fraction_weight_decay"].axes[0]
+    assert sorted(phase.get_xticks()) == FRACTIONS and sorted(phase.get_yticks()) == DECAYS
+    ok = trials[trials.status == "ok"]
+    mesh = next(c for c in phase.collections if not isinstance(c, PathCollection))
+    codes = {grokking.PHASES.index(p) for p in ok.phase}
+    assert set(np.unique(mesh.get_array().compressed())) == codes  # every phase is filled
+    # several phases per row: the line is the edge between phase regions, and it cuts the
+    # segment between every pair of disagreeing neighbours the refiner saw, i.e. passes within
+    # half the pair's distance of its midpoint (in the plane: linear fraction, log decay, each
+    # scaled to [0, 1]; a raster cell of slack)
+    lines = [line for line in phase.get_lines() if line.get_gid() == "boundary"]
+    crossings = boundary.boundary(trials, GROK_REFINE["axes"], "phase", log=("weight_decay",))
+    assert lines and len(crossings) >= 10
+
+    def plane(xs, ys):
+        return np.column_stack([np.asarray(xs) / 0.6, np.log10(np.asarray(ys)) / 3])
+    vertices = np.concatenate([plane(line.get_xdata(), line.get_ydata()) for line in lines])
+    for c in crossings.itertuples():
+        lo, hi = ((c.lo, c.y), (c.hi, c.y)) if c.along == "train_fraction" else \
+            ((c.x, c.lo), (c.x, c.hi))
+        (a, b), mid = plane(*zip(lo, hi)), plane([c.x], [c.y])[0]
+        half = np.linalg.norm(a - b) / 2
+        assert np.min(np.linalg.norm(vertices - mid, axis=1)) <= half + 0.01, c
+
+    marks = {c.get_gid(): c for c in phase.collections if isinstance(c, PathCollection)}
+    points = ok.drop_duplicates(["train_fraction", "weight_decay"])
+    for round_ in range(3):
+        assert len(marks[f"round{round_}"].get_offsets()) == (points["round"] == round_).sum()
+    assert marks["failed"].get_offsets().tolist() == [list(GROK_FAILED)]
+    assert marks["missing"].get_offsets().tolist() == [list(GROK_MISSING)]
+
+    steps = built["grok_steps_train_fraction_weight_decay"]
+    mesh = next(c for c in steps.axes[0].collections if not isinstance(c, PathCollection))
+    assert np.ma.count_masked(mesh.get_array()) > 0  # memorization and confusion: "never"
+    assert steps.axes[-1].get_ylabel().startswith("steps to test accuracy")  # the colour bar
     for fig in built.values():
         plt.close(fig)
