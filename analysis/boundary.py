@@ -112,6 +112,12 @@ ROUND_SIZES = (30, 15, 8, 4)  # marker area (pt²) of points added in round 0, 1
 BOUNDARY_LINE = dict(color="black", lw=1.6, solid_capstyle="round", zorder=4)
 
 
+def is_refined(trials: pd.DataFrame) -> bool:
+    """Whether the trials include points a refinement round added (a `round` above 0): their
+    grid is drawn at its own resolution, not as a heatmap of the spec's grid."""
+    return "round" in trials and bool((trials["round"].fillna(0) > 0).any())
+
+
 def is_uniform(frame: pd.DataFrame, x: str, y: str) -> bool:
     """Whether the sampled (x, y) points form a full tensor grid (a plain heatmap fits)."""
     points = frame[[x, y]].drop_duplicates()

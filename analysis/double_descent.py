@@ -64,8 +64,12 @@ def error_figure(trials: pd.DataFrame, spec: dict, x: str, facet: str | None = N
     failed = trials[trials["status"] == "failed"]
     absent = common.absent_cells(trials, spec, grid)
     seeds = n_seeds(trials, spec)
+    # one line per setting of the grid: a refined sweep's points between grid values (round 1
+    # and later) join the lines they lie on, and draw no lines of their own
     settings = (ok[others].drop_duplicates().sort_values(others) if others
                 else pd.DataFrame([{}]))
+    for k in others:
+        settings = settings[settings[k].isin(common.grid_values(spec, k))]
     palette = sns.color_palette("tab10" if len(settings) <= 10 else "viridis", len(settings))
     facet_values = common.grid_values(spec, facet) if facet else [None]
     fig, axes = common.panels(len(facet_values), ncols=2,
@@ -140,9 +144,10 @@ def heatmap_figure(table: pd.DataFrame, x: str, y: str, value: str, facet: str |
 
     `xs` / `ys`: the values that were run (default: those in the table); a cell without a value
     is hatched and labelled "failed" when it matches one of `failed` ((facet, x, y) tuples, None
-    matching any), else "missing". A refined, non-uniform grid is drawn by `refined_figure`
-    (`refine`: the spec's refine block, for the boundary line)."""
-    if not boundary.is_uniform(table, x, y):
+    matching any), else "missing". A refined grid (a `round` column above 0, points off the
+    tensor grid) is drawn by `refined_figure` (`refine`: the spec's refine block, for the
+    boundary line)."""
+    if boundary.is_refined(table) and not boundary.is_uniform(table, x, y):
         return refined_figure(table, x, y, value, facet=facet, title=title, log_color=log_color,
                               xs=xs, ys=ys, refine=refine)
     facets = sorted(table[facet].unique()) if facet else [None]

@@ -64,8 +64,8 @@ def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
             stem = f"{x}_{y}{suffix}"
             counts = ((sub["status"] == "failed").sum(), common.n_missing(sub, spec)
                       if not rest else 0)
-            if not boundary.is_uniform(sub, x, y):  # a refined grid: drawn at its resolution
-                ticks = (common.grid_values(spec, x), common.grid_values(spec, y))
+            if boundary.is_refined(sub) and not boundary.is_uniform(sub, x, y):
+                ticks = (common.grid_values(spec, x), common.grid_values(spec, y))  # round 0
                 figures.append((f"grok_steps_{stem}", _refined_steps(
                     sub, summary, x, y, ticks, spec, steps_to, words, counts)))
                 figures.append((f"grok_phase_{stem}", _refined_phase(
