@@ -226,10 +226,14 @@ def boundary_lines(trials: pd.DataFrame, axes, metric: str, threshold: float | N
 
 
 def draw_lines(ax, lines, label: str) -> None:
-    """The boundary polylines, one legend entry; each line has gid "boundary"."""
+    """The boundary polylines, one legend entry; each line has gid "boundary". A white halo
+    keeps the black line visible on the darkest fill."""
+    from matplotlib import patheffects
+
+    halo = [patheffects.withStroke(linewidth=3.2, foreground="white")]
     for i, line in enumerate(lines):
         ax.plot(line[:, 0], line[:, 1], label=label if i == 0 else "_", gid="boundary",
-                **BOUNDARY_LINE)
+                path_effects=halo, **BOUNDARY_LINE)
 
 
 def line_words(metric: str, threshold: float | None) -> str:

@@ -193,3 +193,42 @@ def test_refined_phase_map_and_steps_map():
     assert steps.axes[-1].get_ylabel().startswith("steps to test accuracy")  # the colour bar
     for fig in built.values():
         plt.close(fig)
+
+
+def test_refined_classify_map_has_a_boundary_per_label_noise_panel(tmp_path):
+    """Width x n_train, refined per label noise (synthetic fits: training data is interpolated
+    once width >= n_train / k, k = 10 without noise and 5 with): each panel draws its own
+    boundary, on one colour scale, and the error lines stay one per grid n_train."""
+    grid = dict(width=[4, 16, 64, 256], n_train=[100, 400, 1600], label_noise=[0.0, 0.2])
+    block = dict(axes=["width", "n_train"], metric="train_acc", threshold=0.999, rounds=3)
+    r = refiner.parse(block, grid, {"train_acc": "numeric"})
+    keys, rows = list(grid), []
+    todo = list(itertools.product(*grid.values()))
+    for round_ in range(r.rounds + 1):
+        for w, n, noise in todo:
+            k = 10 if noise == 0 else 5
+            rows.append(dict(trial_id=f"w{w}n{n}e{noise}", status="ok", seed=0, width=w,
+                             n_train=n, label_noise=noise, round=round_,
+                             train_acc=1.0 if w * k >= n else 0.9,
+                             test_acc=0.9 - noise - 0.3 * np.exp(-abs(np.log(w * k / n)))))
+        table = boundary.labels(pd.DataFrame(rows), keys, r.metric, r.threshold)
+        todo = refiner.next_points(r, keys, table, {"width", "n_train"})
+    spec = dict(name="wn", experiment="classify", grid=grid, seeds=[0], refine=block,
+                trial_ids=[row["trial_id"] for row in rows])
+    built = dict(figures.build(write_sweep(tmp_path / "wn", spec, rows, {})))
+    assert set(built) == {"error_vs_width", "heatmap_width_x_n_train"}
+    for stem, fig in built.items():
+        assert figures.audit(fig, grid) == [], stem
+    heat = built["heatmap_width_x_n_train"]
+    panels = [ax for ax in heat.axes if ax.get_title()]
+    assert [ax.get_title() for ax in panels] == ["label noise 0", "label noise 0.2"]
+    for ax, k in zip(panels, (10, 5)):
+        (line,) = [line for line in ax.get_lines() if line.get_gid() == "boundary"]
+        ratio = line.get_ydata() / line.get_xdata()
+        assert np.all(np.abs(ratio / k - 1) <= 0.15), (k, ratio)
+    assert heat.axes[-1].get_ylabel() == "test error (%)"  # one shared colour bar
+    legend = [t.get_text() for t in built["error_vs_width"].legends[0].get_texts()]
+    assert [t for t in legend if t.startswith("training samples")] == \
+        [f"training samples {n}" for n in grid["n_train"]]
+    for fig in built.values():
+        plt.close(fig)
