@@ -8,6 +8,8 @@ Conventions (docs/figures.md):
   are sorted numerically and labelled with their values, so a geometric grid reads as a log axis;
   all panels of one figure share one colour scale. A cell with no result is hatched: "failed"
   (its trials failed) or "missing" (no trial or no curve).
+- A refined sweep's map is drawn at its own resolution (`refined_figure`): nearest fill, the
+  estimated boundary as a line, the points by round, ticks at the grid's values.
 """
 
 from __future__ import annotations

@@ -7,7 +7,9 @@
   grok_steps_<x>_<y>: median steps to test accuracy >= threshold over seeds, log colour, cells
   where the median seed never got there marked "never" (the count that did is printed), and
   grok_phase_<x>_<y>: the most common Liu et al. phase per cell in four fixed colours.
-  Any further grid keys split these into one figure per value.
+  Any further grid keys split these into one figure per value. A refined sweep (points added
+  by `refine` rounds) draws both at its own resolution: nearest fill, the estimated boundary,
+  points by round (analysis.boundary.refined_plane); the per-point figures show its grid.
 - With several seeds: grok_seed_spread, steps to test threshold per cell, a dot per seed and a
   box; seeds that never generalized are drawn as x on the step budget.
 Failed trials are counted in the titles and cell captions; a grid cell with no finished trial is
