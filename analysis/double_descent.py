@@ -214,7 +214,7 @@ def refined_figure(table: pd.DataFrame, x: str, y: str, value: str, facet: str |
             ax, part(table), fill, x, y, value, (xs, ys), refine=refine, missing=missing,
             counts=len(facets) == 1, cmap="magma_r", norm=norm,
             vmin=None if norm else vmin, vmax=None if norm else vmax)
-        mesh = mesh or mesh_here
+        mesh = mesh if mesh is not None else mesh_here
         handles.update({h.get_label(): h for h in found})
         ax.set_title(f"{common.name(facet)} {common.fmt(f)}" if facet else title)
     if mesh is not None:
