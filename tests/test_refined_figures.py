@@ -194,6 +194,14 @@ def test_refined_phase_map_and_steps_map():
     for fig in built.values():
         plt.close(fig)
 
+    # the grid alone, one point missing, is a plain sweep: today's heatmap, the gap hatched
+    plain = dict(grokking.build(trials[trials["round"] == 0], curves.iloc[:0], spec))
+    ax = plain["grok_phase_train_fraction_weight_decay"].axes[0]
+    assert not [c for c in ax.collections if c.get_gid()]  # no points by round, no line
+    assert "missing" in {t.get_text() for t in ax.texts}
+    for fig in plain.values():
+        plt.close(fig)
+
 
 def test_refined_classify_map_has_a_boundary_per_label_noise_panel(tmp_path):
     """Width x n_train, refined per label noise (synthetic fits: training data is interpolated
