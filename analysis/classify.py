@@ -41,7 +41,8 @@ def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
                 figures.append((f"heatmap_width_x_{y}", dd.heatmap_figure(
                     errors, "width", y, "test_error", facet=facet, title=title,
                     xs=common.grid_values(spec, "width"), ys=common.grid_values(spec, y),
-                    failed=_failed_cells(trials, ["width", y], facet))))
+                    failed=_failed_cells(trials, ["width", y], facet),
+                    refine=spec.get("refine"))))
     if "lambda_max" in ok:  # run with measure_sharpness: its figures too
         from analysis import sharpness
 
@@ -51,7 +52,12 @@ def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
 
 def _epochs_heatmaps(trials, curves, spec, swept, facet):
     """Test error by width and epoch: panels by label noise, else by rho; with both swept, one
-    figure per rho (stem suffix). Widths whose trials all failed, or have no curve, are hatched."""
+    figure per rho (stem suffix). Widths whose trials all failed, or have no curve, are hatched.
+    A refined sweep shows its round-0 grid here (its refined points are in the width x n_train
+    or width x rho map)."""
+    missing = common.n_missing(trials, spec)
+    if "round" in trials:
+        trials = trials[trials["round"].fillna(0) == 0]
     ok, failed = trials[trials.status == "ok"], trials[trials.status == "failed"]
     table = dd.epochs_table(ok, curves)
     facet = facet or ("rho" if "rho" in swept else None)
@@ -63,7 +69,7 @@ def _epochs_heatmaps(trials, curves, spec, swept, facet):
         no_curve = len(set(part(ok).trial_id) - set(curves.trial_id))
         where = f" ({common.name(split)} {common.fmt(value)})" if split else ""
         title = common.with_tally(f"test error by width and epoch{where}", len(part(failed)),
-                                  common.n_missing(trials, spec) if not split else 0, no_curve)
+                                  missing if not split else 0, no_curve)
         cells = _failed_cells(part(trials), ["width"], facet)
         fig = dd.heatmap_figure(part(table), "width", "epoch", "test_error", facet=facet,
                                 title=title, xs=common.grid_values(spec, "width"),

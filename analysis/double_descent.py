@@ -8,6 +8,8 @@ Conventions (docs/figures.md):
   are sorted numerically and labelled with their values, so a geometric grid reads as a log axis;
   all panels of one figure share one colour scale. A cell with no result is hatched: "failed"
   (its trials failed) or "missing" (no trial or no curve).
+- A refined sweep's map is drawn at its own resolution (`refined_figure`): nearest fill, the
+  estimated boundary as a line, the points by round, ticks at the grid's values.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from matplotlib.colors import LogNorm, to_rgb
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 
-from analysis import common
+from analysis import boundary, common
 from analysis.common import FAILED_HATCH, MISSING_HATCH, TEST, TRAIN, label, save
 
 INTERPOLATED = 0.1  # percent train error counted as "train error reached 0"
@@ -64,8 +66,12 @@ def error_figure(trials: pd.DataFrame, spec: dict, x: str, facet: str | None = N
     failed = trials[trials["status"] == "failed"]
     absent = common.absent_cells(trials, spec, grid)
     seeds = n_seeds(trials, spec)
+    # one line per setting of the grid: a refined sweep's points between grid values (round 1
+    # and later) join the lines they lie on, and draw no lines of their own
     settings = (ok[others].drop_duplicates().sort_values(others) if others
                 else pd.DataFrame([{}]))
+    for k in others:
+        settings = settings[settings[k].isin(common.grid_values(spec, k))]
     palette = sns.color_palette("tab10" if len(settings) <= 10 else "viridis", len(settings))
     facet_values = common.grid_values(spec, facet) if facet else [None]
     fig, axes = common.panels(len(facet_values), ncols=2,
@@ -134,12 +140,18 @@ def _legend(settings, others, palette, threshold, x, mark, n_failed, n_absent, m
 
 
 def heatmap_figure(table: pd.DataFrame, x: str, y: str, value: str, facet: str | None = None,
-                   title: str = "", log_color: bool = False, xs=None, ys=None, failed=()):
+                   title: str = "", log_color: bool = False, xs=None, ys=None, failed=(),
+                   refine: dict | None = None):
     """Mean of `value` over seeds on an (x, y) grid; one shared colour scale across facets.
 
     `xs` / `ys`: the values that were run (default: those in the table); a cell without a value
     is hatched and labelled "failed" when it matches one of `failed` ((facet, x, y) tuples, None
-    matching any), else "missing"."""
+    matching any), else "missing". A refined grid (a `round` column above 0, points off the
+    tensor grid) is drawn by `refined_figure` (`refine`: the spec's refine block, for the
+    boundary line)."""
+    if boundary.is_refined(table) and not boundary.is_uniform(table, x, y):
+        return refined_figure(table, x, y, value, facet=facet, title=title, log_color=log_color,
+                              xs=xs, ys=ys, refine=refine)
     facets = sorted(table[facet].unique()) if facet else [None]
     means = table.groupby(([facet] if facet else []) + [y, x], observed=True)[value].mean()
     vmin, vmax = float(means.min()), float(means.max())
@@ -172,6 +184,43 @@ def heatmap_figure(table: pd.DataFrame, x: str, y: str, value: str, facet: str |
                                   hatch=FAILED_HATCH if k == "failed" else MISSING_HATCH)
                             for k in sorted(kinds)], loc="outside lower center", ncols=2,
                    frameon=False)
+    if facet and title:
+        fig.suptitle(title)
+    return fig
+
+
+def refined_figure(table: pd.DataFrame, x: str, y: str, value: str, facet: str | None = None,
+                   title: str = "", log_color: bool = False, xs=None, ys=None,
+                   refine: dict | None = None):
+    """A refined grid: each panel filled by the mean `value` of the nearest sampled point, the
+    estimated boundary (from `refine`) as a line, the points marked by round, failed points as
+    red x, round-0 grid points with no trial as grey circles; ticks at the round-0 values
+    (`xs`, `ys`). `table` holds every trial row, failed ones included (status)."""
+    facets = sorted(table[facet].unique()) if facet else [None]
+    xs = sorted(xs if xs is not None else table[x].unique())
+    ys = sorted(ys if ys is not None else table[y].unique())
+    ok = table[table["status"] == "ok"] if "status" in table else table
+    means = ok.groupby(([facet] if facet else []) + [x, y], observed=True)[value].mean()
+    vmin, vmax = float(means.min()), float(means.max())
+    norm = LogNorm(vmin=max(vmin, 1e-9), vmax=vmax) if log_color else None
+    fig, axes = common.panels(len(facets), ncols=2, panel=(3.4, 3.0) if facet else (4.8, 3.8))
+    handles, mesh = {}, None
+    for ax, f in zip(axes, facets):
+        def part(df, f=f):
+            return df if f is None else df[df[facet] == f]
+        fill = (means.loc[f] if f is not None else means).reset_index()
+        missing = boundary.missing_points(part(table), x, y, xs, ys)
+        mesh_here, found = boundary.refined_plane(
+            ax, part(table), fill, x, y, value, (xs, ys), refine=refine, missing=missing,
+            counts=len(facets) == 1, cmap="magma_r", norm=norm,
+            vmin=None if norm else vmin, vmax=None if norm else vmax)
+        mesh = mesh if mesh is not None else mesh_here
+        handles.update({h.get_label(): h for h in found})
+        ax.set_title(f"{common.name(facet)} {common.fmt(f)}" if facet else title)
+    if mesh is not None:
+        fig.colorbar(mesh, ax=axes, label=label(value), shrink=0.8 if facet else 1.0)
+    fig.legend(handles=list(handles.values()), loc="outside lower center", ncols=2,
+               frameon=False)
     if facet and title:
         fig.suptitle(title)
     return fig

@@ -7,7 +7,9 @@
   grok_steps_<x>_<y>: median steps to test accuracy >= threshold over seeds, log colour, cells
   where the median seed never got there marked "never" (the count that did is printed), and
   grok_phase_<x>_<y>: the most common Liu et al. phase per cell in four fixed colours.
-  Any further grid keys split these into one figure per value.
+  Any further grid keys split these into one figure per value. A refined sweep (points added
+  by `refine` rounds) draws both at its own resolution: nearest fill, the estimated boundary,
+  points by round (analysis.boundary.refined_plane); the per-point figures show its grid.
 - With several seeds: grok_seed_spread, steps to test threshold per cell, a dot per seed and a
   box; seeds that never generalized are drawn as x on the step budget.
 Failed trials are counted in the titles and cell captions; a grid cell with no finished trial is
@@ -29,7 +31,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
 
-from analysis import common
+from analysis import boundary, common
 
 PHASES = ("comprehension", "grokking", "memorization", "confusion")
 PHASE_COLOURS = ("#1b9e77", "#7570b3", "#d95f02", "#bdbdbd")
@@ -42,9 +44,10 @@ def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
     trials = trials.sort_values([*grid, "seed"])
     trials = trials.assign(cell=trials.apply(lambda r: _label(r, grid), axis=1),
                            words=trials.apply(lambda r: common.setting(r, grid), axis=1))
+    grid_points, grid_spec = _round0(trials, spec)
     ok = trials[trials["status"] == "ok"]
-    failed = trials[trials["status"] == "failed"]
-    figures = _curves(ok, failed, curves, spec)
+    figures = _curves(grid_points[grid_points["status"] == "ok"],
+                      grid_points[grid_points["status"] == "failed"], curves, grid_spec)
     thresholds = ok["threshold"].dropna().unique() if "threshold" in ok else []
     steps_to = (f"steps to test accuracy ≥ {thresholds[0]:g}" if len(thresholds) == 1
                 else "steps to test threshold")
@@ -60,17 +63,36 @@ def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
             words = common.setting(dict(zip(rest, part)), rest)
             suffix = f"_{_slug(title)}" if title else ""
             summary = _summarise(sub, [x, y])
-            cells = common.grid_cells(spec, [x, y])
-            summary = cells.merge(summary, on=[x, y], how="left")
             stem = f"{x}_{y}{suffix}"
             counts = ((sub["status"] == "failed").sum(), common.n_missing(sub, spec)
                       if not rest else 0)
+            if boundary.is_refined(sub) and not boundary.is_uniform(sub, x, y):
+                ticks = (common.grid_values(spec, x), common.grid_values(spec, y))  # round 0
+                figures.append((f"grok_steps_{stem}", _refined_steps(
+                    sub, summary, x, y, ticks, spec, steps_to, words, counts)))
+                figures.append((f"grok_phase_{stem}", _refined_phase(
+                    sub, summary, x, y, ticks, spec, words, counts)))
+                continue
+            summary = common.grid_cells(spec, [x, y]).merge(summary, on=[x, y], how="left")
             figures.append((f"grok_steps_{stem}", _steps_heatmap(
                 summary, x, y, steps_to, words, counts)))
             figures.append((f"grok_phase_{stem}", _phase_map(summary, x, y, words, counts)))
     if ok["seed"].nunique() > 1:
-        figures.append(("grok_seed_spread", _seed_spread(ok, failed, steps_to, spec)))
+        figures.append(("grok_seed_spread", _seed_spread(
+            grid_points[grid_points["status"] == "ok"],
+            grid_points[grid_points["status"] == "failed"], steps_to, grid_spec)))
     return figures
+
+
+def _round0(trials: pd.DataFrame, spec: dict):
+    """A refined sweep's grid points (round 0), and its spec with only their trial ids: the
+    per-point figures (curve panels, seed spread) show the grid; the refined points are in the
+    phase map and the steps map."""
+    if "round" not in trials or not (trials["round"] > 0).any():
+        return trials, spec
+    later = set(trials.loc[trials["round"] > 0, "trial_id"])
+    ids = [i for i in spec.get("trial_ids") or [] if i not in later]
+    return trials[trials["round"] == 0], {**spec, "trial_ids": ids}
 
 
 def make_figures(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict, out_dir: Path
@@ -197,6 +219,49 @@ def _phase_map(summary, x, y, title, counts):
               bbox_to_anchor=(1.02, 1), loc="upper left", title="phase\n(seeds agreeing)")
     _heat_axes(ax, x, y, f"Phase (Liu et al.){': ' + title if title else ''}", counts)
     return fig
+
+
+def _refined_steps(trials, summary, x, y, ticks, spec, steps_to, title, counts):
+    """Median steps to generalize on a refined grid: nearest fill, log colour, "never" grey."""
+    fill = summary[summary["n"] > 0]
+    finite = fill["median_steps"][np.isfinite(fill["median_steps"])]
+    lo, hi = (finite.min(), finite.max()) if len(finite) else (1.0, 10.0)
+    if hi < 10 * lo:  # whole decades, so the log colour bar has ticks
+        lo, hi = 10 ** np.floor(np.log10(lo)), 10 ** np.ceil(np.log10(hi * 1.0001))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="0.85")
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
+    mesh, handles = boundary.refined_plane(
+        ax, trials, fill, x, y, "median_steps", ticks, refine=spec.get("refine"),
+        default_metric="phase", missing=_missing(trials, x, y, ticks), cmap=cmap,
+        norm=LogNorm(lo, hi))
+    if mesh is not None:
+        fig.colorbar(mesh, ax=ax, label=f"{steps_to}\n(median over seeds)")
+    handles.append(Patch(color="0.85", label="never (median seed)"))
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+    ax.set_title(common.with_tally(f"Steps to generalize{': ' + title if title else ''}",
+                                   *counts))
+    return fig
+
+
+def _refined_phase(trials, summary, x, y, ticks, spec, title, counts):
+    """The most common phase on a refined grid: nearest fill in the four phase colours."""
+    fill = summary[summary["n"] > 0]
+    fill = fill.assign(code=fill["phase"].map({p: i for i, p in enumerate(PHASES)}))
+    fig, ax = plt.subplots(figsize=(6.4, 4.6), layout="constrained")
+    _, handles = boundary.refined_plane(
+        ax, trials, fill, x, y, "code", ticks, refine=spec.get("refine"),
+        default_metric="phase", missing=_missing(trials, x, y, ticks),
+        cmap=ListedColormap(PHASE_COLOURS), vmin=-0.5, vmax=len(PHASES) - 0.5)
+    ax.legend(handles=[Patch(color=c, label=p) for p, c in zip(PHASES, PHASE_COLOURS)],
+              bbox_to_anchor=(1.02, 1), loc="upper left", title="phase\n(seed majority)")
+    fig.legend(handles=handles, loc="outside lower center", ncols=2, frameon=False)
+    ax.set_title(common.with_tally(f"Phase (Liu et al.){': ' + title if title else ''}",
+                                   *counts))
+    return fig
+
+
+def _missing(trials, x, y, ticks):
+    return boundary.missing_points(trials, x, y, *ticks)
 
 
 def _curves(trials, failed, curves, spec) -> list:

@@ -29,7 +29,8 @@ def build(trials: pd.DataFrame, curves: pd.DataFrame, spec: dict) -> list:
         figures.append(("heatmap_n_features_x_n_train", dd.heatmap_figure(
             dd.with_errors(trials), "n_features", "n_train", "test_error", title=title,
             xs=common.grid_values(spec, "n_features"), ys=common.grid_values(spec, "n_train"),
-            failed=[(None, *c) for c in all_failed[all_failed].index])))
+            failed=[(None, *c) for c in all_failed[all_failed].index],
+            refine=spec.get("refine"))))
     return figures
 
 
