@@ -208,8 +208,8 @@ def _check_top(path, raw: dict):
     name = raw["name"]
     if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > MAX_NAME:
         shown = name if not isinstance(name, str) or len(name) <= 40 else f"{name[:40]}..."
-        raise SpecError(f"{path}: name: got {shown!r}; allowed: up to {MAX_NAME} letters, "
-                        "digits, '.', '_', '-', starting with a letter or digit (it names a folder)")
+        raise SpecError(f"{path}: name: got {shown!r}; allowed: letters, digits, '.', '_', '-', "
+                        f"starting with a letter or digit, at most {MAX_NAME} (it names a folder)")
     if name.lower().startswith(RESERVED_NAMES):
         raise SpecError(f"{path}: name: {name!r} is reserved for the results root's own files; "
                         f"allowed: a name not starting with {', '.join(RESERVED_NAMES)}")
@@ -339,14 +339,14 @@ def load(path: str | Path, overrides: list[str] = (), variant: str | None = None
         layers.append(("--set", parse_overrides(list(overrides))))
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
-    setted = {}  # every key a variant or --set gave, for the messages below
+    setted = dict(layers[-1][1])  # the keys given by --set, for the messages below
     for where, layer in layers:  # the variant first, so that --set refines it
-        setted |= layer
         if "seeds" in layer:
             seeds = _seeds(f"{path}: {where}", layer.pop("seeds"))
         if "resources" in layer:  # e.g. a GPU spec's tiny CPU variant: resources: {gpu: 0}
+            given = layer.pop("resources")
             resources = _resources(f"{path}: {where}",
-                                   {**resources, **(layer.pop("resources") or {})})
+                                   {**resources, **given} if isinstance(given, dict) else given)
         for key in ("pack", "pack_size"):  # how trials run, not what they compute: ids unchanged
             if key in layer:
                 spec[key] = layer.pop(key)

@@ -160,7 +160,7 @@ def test_bad_variants_are_one_line_errors(tmp_path):
 @pytest.mark.parametrize("name", ["mlflow.db", "MLflow.db-wal", "mlartifacts", "mlruns",
                                   ".hidden", "x" * 300])
 def test_reserved_and_overlong_names_are_refused(tmp_path, name):
-    with pytest.raises(SpecError, match=r"name: .*(reserved|allowed: up to 100)") as e:
+    with pytest.raises(SpecError, match=r"name: .*(reserved|at most 100)") as e:
         load(tmp_path, {"name": name})
     assert len(str(e.value)) < 300  # one readable line, not the 300 characters back
 
