@@ -175,3 +175,21 @@ def test_a_name_used_by_another_family_is_refused(tmp_path):
     with pytest.raises(SpecError, match=r"name: 'tiny' already holds a sweep of experiment "
                                         r"grokking"):
         specs.check_name_free(s, tmp_path / "r")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_variant_expands(path, tmp_path):
+    import yaml
+
+    overrides = []
+    if "cifar10" in path.name:
+        write_cifar_fixture(tmp_path)
+        overrides = [f"data_dir={tmp_path}"]
+    variants = yaml.safe_load(path.read_text())["variants"]
+    assert "tiny" in variants
+    full = specs.load(path, overrides)
+    for name in variants:
+        spec = specs.load(path, overrides, variant=name)
+        assert spec.trials and spec.name == full.name
+    tiny = specs.load(path, overrides, variant="tiny")
+    assert len(tiny.trials) <= 4 and len(tiny.trials) < len(full.trials)
