@@ -50,6 +50,8 @@ def build_parser() -> Parser:
                                           "sqlite:///RESULTS/mlflow.db)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a base value (or replace a grid axis); repeatable")
+    s.add_argument("--variant", metavar="NAME", help="apply the spec's named variant (e.g. tiny) "
+                                                     "before any --set")
     s.add_argument("--max-concurrent", type=int, help="at most N trials at once")
     s.add_argument("--storage", help="Tune storage for a multi-node cluster (s3://..., or an NFS "
                                      "path); default: a temp folder, deleted afterwards")
@@ -184,7 +186,7 @@ def sweep(args, argv) -> int:
     from sweeps import spec as specs
     from sweeps.results import Results, read_statuses
 
-    spec = specs.load(args.spec, args.set)
+    spec = specs.load(args.spec, args.set, args.variant)
     if args.max_concurrent is not None and args.max_concurrent < 1:
         raise UsageError(f"--max-concurrent: got {args.max_concurrent}; allowed: an int >= 1")
     root = Path(args.results)

@@ -6,9 +6,11 @@
 A spec is a study: `name` (the results folder and MLflow experiment), `experiment` (a family in
 `sam_lab.trials`), `description`, `base` (config shared by all trials), `grid` (a cartesian
 product of config values; missing or {} = the base config alone), `seeds` (a list, or n meaning
-0..n-1), `resources` (per trial) and `failure_retries` (how often a trial lost to a dead worker or
-node is restarted), and `pack` with `pack_size` (train up to pack_size trials that differ only in
-the `pack` keys in one process, vmapped; see `Spec.units`).
+0..n-1), `resources` (per trial), `failure_retries` (how often a trial lost to a dead worker or
+node is restarted), `pack` with `pack_size` (train up to pack_size trials that differ only in the
+`pack` keys in one process, vmapped; see `Spec.units`), and `variants`: named sets of overrides
+(`tiny: {epochs: 5}`), applied by `load(..., variant="tiny")` with the `--set` rules, before any
+--set value.
 
 Everything is checked here, before Ray or MLflow start, and any problem is one `SpecError` line
 naming the file, the key and what is allowed.
@@ -41,10 +43,16 @@ from sam_lab.config import ConfigError, identity, parse
 EXECUTION_KEYS = frozenset({"threads", "device", "data_dir", "download"})
 REQUIRED = ("name", "experiment", "seeds")
 OPTIONAL = {"description": "", "base": {}, "grid": {}, "resources": {"cpu": 1, "gpu": 0},
-            "failure_retries": 2, "pack": None, "pack_size": 16}
+            "failure_retries": 2, "pack": None, "pack_size": 16, "variants": {}}
 RESOURCE_KEYS = ("cpu", "gpu", "gpu_memory_gb")
 MIN_GPU_SHARE = 1 / 16  # `gpu: auto` never packs more trials than this onto one GPU
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+MAX_NAME = 100  # a folder, an MLflow experiment and part of every artifact path
+# Entries of a results root that are not sweeps: a sweep named so would overwrite or hide them
+# (compared lower-cased, for case-insensitive filesystems; mlflow.db also has -wal/-journal files).
+RESERVED_NAMES = ("mlflow.db", "mlartifacts", "mlruns")
+# Keys a variant or --set may hold besides the family's config keys.
+SPEC_OVERRIDES = ("seeds", "resources", "pack", "pack_size")
 
 
 class InputError(ValueError):
@@ -205,9 +213,13 @@ def _check_top(path, raw: dict):
         if key not in raw:
             raise SpecError(f"{path}: {key}: missing; a spec needs {', '.join(REQUIRED)}")
     name = raw["name"]
-    if not isinstance(name, str) or not NAME_RE.fullmatch(name):
-        raise SpecError(f"{path}: name: got {name!r}; allowed: letters, digits, '.', '_', '-' "
-                        "(it names a folder)")
+    if not isinstance(name, str) or not NAME_RE.fullmatch(name) or len(name) > MAX_NAME:
+        shown = name if not isinstance(name, str) or len(name) <= 40 else f"{name[:40]}..."
+        raise SpecError(f"{path}: name: got {shown!r}; allowed: letters, digits, '.', '_', '-', "
+                        f"starting with a letter or digit, at most {MAX_NAME} (it names a folder)")
+    if name.lower().startswith(RESERVED_NAMES):
+        raise SpecError(f"{path}: name: {name!r} is reserved for the results root's own files; "
+                        f"allowed: a name not starting with {', '.join(RESERVED_NAMES)}")
     if raw["experiment"] not in families.names():
         raise SpecError(f"{path}: experiment: unknown {raw['experiment']!r}; allowed: "
                         f"{', '.join(families.names())}")
@@ -279,7 +291,45 @@ def _grid(path, value) -> dict:
     return value
 
 
-def load(path: str | Path, overrides: list[str] = ()) -> Spec:
+def _variant(path, variants, chosen: str | None, experiment: str) -> dict:
+    """The overrides of the chosen variant ({} for none). Every variant is checked, not just the
+    chosen one, so a broken `tiny` fails on any load of its spec."""
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise SpecError(f"{path}: variants: expected a mapping of names to overrides, e.g. "
+                        "{tiny: {epochs: 5, seeds: 1}}")
+    fields = {f.name for f in dataclasses.fields(families.get(experiment).Config)} - {"seed"}
+    for name, overrides in variants.items():
+        for key in overrides:
+            if key not in fields and key not in SPEC_OVERRIDES:
+                raise SpecError(f"{path}: variants.{name}.{key}: unknown key for experiment "
+                                f"{experiment}; allowed: {', '.join(SPEC_OVERRIDES)}, "
+                                f"{', '.join(sorted(fields))}")
+    if chosen is None:
+        return {}
+    if chosen not in variants:
+        have = ", ".join(map(str, variants)) if variants else "none (it has no `variants`)"
+        raise SpecError(f"{path}: --variant {chosen}: not in this spec; allowed: {have}")
+    return dict(variants[chosen])
+
+
+def check_name_free(spec: Spec, results_root: str | Path):
+    """A sweep folder belongs to one experiment family: reusing its name with another would mix
+    two schemas in one trials.parquet and one MLflow experiment and hide the older trials."""
+    recorded = Path(results_root) / spec.name / "spec.yaml"
+    try:
+        earlier = yaml.safe_load(recorded.read_text())["experiment"]
+    except FileNotFoundError:
+        return
+    except (OSError, yaml.YAMLError, TypeError, KeyError):
+        raise SpecError(f"{recorded}: unreadable record of an earlier sweep named {spec.name}; "
+                        "allowed: another name, or move that folder away") from None
+    if earlier != spec.experiment:
+        raise SpecError(f"{spec.path}: name: {spec.name!r} already holds a sweep of experiment "
+                        f"{earlier} in {recorded.parent}; allowed: another name, or another "
+                        "--results")
+
+
+def load(path: str | Path, overrides: list[str] = (), variant: str | None = None) -> Spec:
     path = Path(path)
     raw = _read_yaml(path)
     _check_top(path, raw)
@@ -293,22 +343,30 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise SpecError(f"{path}: failure_retries: got {retries!r}; allowed: an int >= 0")
 
+    layers = [(f"variants.{variant}", _variant(path, spec["variants"], variant,
+                                               spec["experiment"]))]
     try:
-        setted = parse_overrides(list(overrides))
+        layers.append(("--set", parse_overrides(list(overrides))))
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
-    if "seeds" in setted:
-        seeds = _seeds(f"{path}: --set", setted.pop("seeds"))
-    if "resources" in setted:  # e.g. a GPU spec's tiny CPU variant: --set resources={gpu: 0}
-        resources = _resources(f"{path}: --set", {**resources, **(setted.pop("resources") or {})})
-    for key in ("pack", "pack_size"):  # how trials run, not what they compute: ids unchanged
-        if key in setted:
-            spec[key] = setted.pop(key)
-    for key, value in setted.items():  # a swept key is replaced by the value(s) given
-        if key in grid:
-            grid[key] = value if isinstance(value, list) else [value]
-        else:
-            base[key] = value
+    setted = dict(layers[-1][1])  # the keys given by --set, for the messages below
+    for where, layer in layers:  # the variant first, so that --set refines it
+        if "seeds" in layer:
+            seeds = _seeds(f"{path}: {where}", layer.pop("seeds"))
+        if "resources" in layer:  # e.g. a GPU spec's tiny CPU variant: resources: {gpu: 0}
+            given = layer.pop("resources")
+            resources = _resources(f"{path}: {where}",
+                                   {**resources, **given} if isinstance(given, dict) else given)
+        for key in ("pack", "pack_size"):  # how trials run, not what they compute: ids unchanged
+            if key in layer:
+                spec[key] = layer.pop(key)
+        for key, value in layer.items():  # a swept key is replaced by the value(s) given
+            if key in grid:
+                grid[key] = value if isinstance(value, list) else [value]
+            else:
+                base[key] = value
+    for key in SPEC_OVERRIDES:
+        setted.pop(key, None)
     grid = _grid(path, grid)
 
     family = families.get(spec["experiment"])

@@ -133,3 +133,74 @@ def test_a_spec_without_grid_is_the_base_config_times_the_seeds(tmp_path, grid):
     assert s.trials[1].label == "seed=3" and s.grid == {}
     gridded = load(tmp_path, {"seeds": [0, 3], "grid": {"width": [64]}})
     assert [t.trial_id for t in gridded.trials] == [t.trial_id for t in s.trials]
+
+
+# ----------------------------------------------------------------------------- variants, names
+
+
+VARIANTS = {"small": {"width": 4, "epochs": 1, "seeds": 2, "resources": {"cpu": 2}},
+            "wide": {"width": [32, 64]}}
+
+
+def test_a_variant_applies_with_the_set_rules_and_set_refines_it(tmp_path):
+    s = specs.load(write_spec(tmp_path, {**TINY, "variants": VARIANTS}), variant="small")
+    assert s.grid["width"] == [4] and {t.config["epochs"] for t in s.trials} == {1}
+    assert s.seeds == [0, 1] and s.resources["cpu"] == 2 and len(s.trials) == 2 * 2
+    plain = specs.load(write_spec(tmp_path, TINY), ["width=4", "epochs=1", "seeds=2",
+                                                    "resources={cpu: 2}"])
+    assert [t.trial_id for t in s.trials] == [t.trial_id for t in plain.trials]
+    both = specs.load(write_spec(tmp_path, {**TINY, "variants": VARIANTS}),
+                      ["width=[8, 16]", "resources={gpu: 0}"], variant="small")
+    assert both.grid["width"] == [8, 16] and both.resources["cpu"] == 2  # --set wins, merged
+    assert len(specs.load(write_spec(tmp_path, {**TINY, "variants": VARIANTS})).trials) == 4
+
+
+def test_bad_variants_are_one_line_errors(tmp_path):
+    path = write_spec(tmp_path, {**TINY, "variants": VARIANTS})
+    with pytest.raises(SpecError, match=r"--variant tiny: not in this spec; allowed: small, wide"):
+        specs.load(path, variant="tiny")
+    with pytest.raises(SpecError, match=r"--variant tiny: .*allowed: none"):
+        specs.load(write_spec(tmp_path, TINY), variant="tiny")
+    broken = {**TINY, "variants": {"wide": {"widht": [32]}}}  # checked even when not chosen
+    with pytest.raises(SpecError, match=r"variants.wide.widht: unknown key for experiment"):
+        specs.load(write_spec(tmp_path, broken))
+    with pytest.raises(SpecError, match=r"variants: expected a mapping"):
+        specs.load(write_spec(tmp_path, {**TINY, "variants": ["tiny"]}))
+
+
+@pytest.mark.parametrize("name", ["mlflow.db", "MLflow.db-wal", "mlartifacts", "mlruns",
+                                  ".hidden", "x" * 300])
+def test_reserved_and_overlong_names_are_refused(tmp_path, name):
+    with pytest.raises(SpecError, match=r"name: .*(reserved|at most 100)") as e:
+        load(tmp_path, {"name": name})
+    assert len(str(e.value)) < 300  # one readable line, not the 300 characters back
+
+
+def test_a_name_used_by_another_family_is_refused(tmp_path):
+    s = load(tmp_path)
+    (tmp_path / "r" / "tiny").mkdir(parents=True)
+    specs.check_name_free(s, tmp_path / "r")  # an empty folder: free
+    (tmp_path / "r" / "tiny" / "spec.yaml").write_text("experiment: classify\n")
+    specs.check_name_free(s, tmp_path / "r")  # the same family: a resume
+    (tmp_path / "r" / "tiny" / "spec.yaml").write_text("experiment: grokking\n")
+    with pytest.raises(SpecError, match=r"name: 'tiny' already holds a sweep of experiment "
+                                        r"grokking"):
+        specs.check_name_free(s, tmp_path / "r")
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: f"{p.parent.name}/{p.name}")
+def test_every_shipped_variant_expands(path, tmp_path):
+    import yaml
+
+    overrides = []
+    if "cifar10" in path.name:
+        write_cifar_fixture(tmp_path)
+        overrides = [f"data_dir={tmp_path}"]
+    variants = yaml.safe_load(path.read_text())["variants"]
+    assert "tiny" in variants
+    full = specs.load(path, overrides)
+    for name in variants:
+        spec = specs.load(path, overrides, variant=name)
+        assert spec.trials and spec.name == full.name
+    tiny = specs.load(path, overrides, variant="tiny")
+    assert len(tiny.trials) <= 4 and len(tiny.trials) < len(full.trials)
