@@ -46,7 +46,7 @@ def latest_rows(table: pa.Table) -> pa.Table:
     order = pa.array(range(table.num_rows), type=pa.int64())
     last = table.append_column("_order", order).group_by("trial_id").aggregate(
         [("_order", "max")])["_order_max"]
-    return table.take(pc.sort_indices(last))
+    return table.take(last.take(pc.sort_indices(last)))  # in the order of their last rows
 
 
 def read_trials(sweep_dir, columns: list[str] | None = None) -> pa.Table | None:

@@ -321,18 +321,21 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
                             f"allowed: {', '.join(sorted(fields - {'seed'}))}")
 
     trials, seen = [], {}
+    names = [f.name for f in dataclasses.fields(family.Config)]  # flat configs: no asdict
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
+        raw_config = {**base, **point, "seed": seeds[0]}
+        if "threads" in fields:
+            raw_config["threads"] = threads_for(resources)
+        try:  # once per grid point: the seeds (checked by _seeds) change nothing else
+            parsed = parse(family.Config, raw_config)
+        except ConfigError as e:
+            where = "--set " if e.key in setted else ""
+            at = f" (grid point {_show(point)})" if e.key in grid else ""
+            raise SpecError(f"{path}: {where}{e}{at}") from None
+        first = {name: getattr(parsed, name) for name in names}
         for seed in seeds:
-            raw_config = {**base, **point, "seed": seed}
-            if "threads" in fields:
-                raw_config["threads"] = threads_for(resources)
-            try:
-                config = dataclasses.asdict(parse(family.Config, raw_config))
-            except ConfigError as e:
-                where = "--set " if e.key in setted else ""
-                at = f" (grid point {_show(point)})" if e.key in grid else ""
-                raise SpecError(f"{path}: {where}{e}{at}") from None
+            config = {**first, "seed": seed}
             tid = trial_id(spec["experiment"], config)
             if tid in seen:  # 1 and 1.0, or a grid over an execution key such as device
                 raise SpecError(f"{path}: grid: points {_show(seen[tid])} and {_show(point)} "

@@ -302,8 +302,11 @@ def sync(tracker: Tracker, trials: list[dict], config_keys: list[str], curve_of,
         tid = row["trial_id"]
         config = {k: row[k] for k in config_keys if k in row}
         tracker.start_trial(tid, f"{tid} (synced)", config, row.get("code_version"))
-        summary = {k: v for k, v in row.items() if k not in skip and v is not None}
-        tracker.log_final(tid, row, summary, None, curve_of(tid))
+        curve = curve_of(tid)
+        in_curve = {k for r in curve[-1:] for k in r}  # its last point is already the curve's
+        summary = {k: v for k, v in row.items()
+                   if k not in skip and k not in in_curve and v is not None}
+        tracker.log_final(tid, row, summary, None, curve)
         tracker.end_trial(tid, row["status"])
     tracker.close_launch("FINISHED")
     say(f"MLflow: logged {len(missing)} trials recorded in Parquet but missing in MLflow")

@@ -120,6 +120,8 @@ def mlflow_runs(results: Path, name: str) -> list:
 def finished_state(sweep_dir: Path) -> dict:
     """trial_id -> (wall_s, curve file mtime): changes if a finished trial runs again."""
     trials = load.trials(sweep_dir, latest=False)
+    if trials.empty:
+        return {}
     return {t: (w, (sweep_dir / "curves" / f"{t}.parquet").stat().st_mtime_ns)
             for t, w in zip(trials.trial_id, trials.wall_s)}
 
@@ -273,3 +275,63 @@ def test_runs_a_dead_driver_left_open_close_by_what_reached_parquet(tmp_path):
             for r in mlflow_runs(tmp_path, "window")}
     assert runs == {trials[0].trial_id: "FINISHED", trials[1].trial_id: "KILLED",
                     trials[2].trial_id: "KILLED", "launch": "KILLED"}
+
+
+def _mlflow_server(db: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--artifacts-destination", str(db.parent / "artifacts")],
+        cwd=db.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    wait_for(lambda: _healthy(port) or server.poll() is not None, "mlflow server to answer")
+    assert server.poll() is None, "mlflow server did not start"
+    return server
+
+
+def _healthy(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def _stop(server: subprocess.Popen):
+    _kill([*descendants(server.pid), server.pid])
+    server.wait()
+
+
+def test_an_mlflow_server_gone_mid_sweep_costs_no_trial_and_sync_restores_its_runs(tmp_path):
+    from conftest import free_port, sam_lab
+
+    port, db = free_port(), tmp_path / "server" / "mlflow.db"
+    db.parent.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    write_spec(tmp_path, spec("outage", 4, epochs=60), "outage.yaml")
+    sweep_dir = tmp_path / "results" / "outage"
+    server = _mlflow_server(db, port)
+    try:
+        cli = Cli(tmp_path, "outage.yaml", "--tracking-uri", uri, "--max-concurrent", "2")
+        wait_for(lambda: n_rows(sweep_dir) >= 1 or cli.proc.poll() is not None, "a trial")
+        _stop(server)  # the server goes away with trials in flight
+        done = cli.wait()
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "sam-lab sync" in done.stdout
+        trials = pd.read_parquet(sweep_dir / "trials.parquet")
+        assert len(trials) == 4 and (trials.status == "ok").all()  # no trial lost to it
+
+        server = _mlflow_server(db, port)  # back
+        synced = sam_lab("sync", str(sweep_dir), "--tracking-uri", uri, cwd=tmp_path)
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id],
+                                  "tags.kind = 'trial'", max_results=1000)
+        finished = sorted(r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED")
+        assert finished == sorted(trials.trial_id)  # one FINISHED run per trial
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+    finally:
+        _stop(server)
