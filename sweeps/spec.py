@@ -334,6 +334,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
             at = f" (grid point {_show(point)})" if e.key in grid else ""
             raise SpecError(f"{path}: {where}{e}{at}") from None
         first = {name: getattr(parsed, name) for name in names}
+        typed_point = {k: first[k] for k in point}  # shared by the point's seeds (read-only)
         for seed in seeds:
             config = {**first, "seed": seed}
             tid = trial_id(spec["experiment"], config)
@@ -342,7 +343,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
                                 f"give the same trial ({', '.join(sorted(EXECUTION_KEYS))} do not "
                                 "define a trial)")
             seen[tid] = point
-            trials.append(Trial(tid, seed, {k: config[k] for k in point}, config))
+            trials.append(Trial(tid, seed, typed_point, config))
 
     grid = {k: list(dict.fromkeys(t.config[k] for t in trials)) for k in grid}  # typed: 1e-3 str
     result = Spec(path=str(path), name=spec["name"], experiment=spec["experiment"],
