@@ -430,8 +430,11 @@ def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None,
     shares = {m["trial_id"]: u["gpu"] for u in units for m in u["members"]}
     recorder = Recorder(spec, todo, results, tracker, progress, shares, code_version)
 
+    # Tune pickles this function and unpickles it for every trial: it must not hold `spec`
+    cpu = spec.resources["cpu"]
+
     def resources(config):  # per unit: `gpu: auto` sizes each one's share from its model
-        bundle = {"CPU": spec.resources["cpu"], "GPU": config["unit"]["gpu"]}
+        bundle = {"CPU": cpu, "GPU": config["unit"]["gpu"]}
         return tune.PlacementGroupFactory([{k: v for k, v in bundle.items() if v}])
 
     # Tune starts as many trials as are queued for resources; a Searcher gets 1 unless told.
