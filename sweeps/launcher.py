@@ -414,6 +414,16 @@ def _slots(spec) -> int:
     return max(1, int(slots))
 
 
+def trainable(cpu: float):
+    """run_trial with each unit's resources. Tune pickles it, and unpickles it for every trial:
+    it must hold nothing that grows with the sweep (such as the spec)."""
+    def resources(config):  # per unit: `gpu: auto` sizes each one's share from its model
+        bundle = {"CPU": cpu, "GPU": config["unit"]["gpu"]}
+        return tune.PlacementGroupFactory([{k: v for k, v in bundle.items() if v}])
+
+    return tune.with_resources(run_trial, resources)
+
+
 def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None,
         code_version: str = "") -> Summary:
     """Run `todo` (a list of spec.Trial) to completion, or until Ctrl-C; Ray must be connected.
@@ -430,19 +440,12 @@ def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None,
     shares = {m["trial_id"]: u["gpu"] for u in units for m in u["members"]}
     recorder = Recorder(spec, todo, results, tracker, progress, shares, code_version)
 
-    # Tune pickles this function and unpickles it for every trial: it must not hold `spec`
-    cpu = spec.resources["cpu"]
-
-    def resources(config):  # per unit: `gpu: auto` sizes each one's share from its model
-        bundle = {"CPU": cpu, "GPU": config["unit"]["gpu"]}
-        return tune.PlacementGroupFactory([{k: v for k, v in bundle.items() if v}])
-
     # Tune starts as many trials as are queued for resources; a Searcher gets 1 unless told.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2 * _slots(spec), 16)))
     own_storage = storage is None
     storage = storage or tempfile.mkdtemp(prefix="sam-lab-tune-")
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, resources),
+        trainable(spec.resources["cpu"]),
         tune_config=tune.TuneConfig(
             search_alg=UnitFeeder(units), num_samples=len(units),
             reuse_actors=True, max_concurrent_trials=max_concurrent,

@@ -198,3 +198,13 @@ def test_a_dry_run_of_a_huge_grid_prints_a_summary(tmp_path, capsys):
                                                     "values; 1 seeds): 2000 pending")
     assert "2000 trials, 0 finished, 2000 to run (dry run" in lines[-1]
     assert not Path(tmp_path / "r").exists()
+
+
+def test_what_tune_unpickles_per_trial_does_not_grow_with_the_sweep():
+    from ray import cloudpickle
+
+    from sweeps import launcher
+
+    trainable = launcher.trainable(1)  # Tune pickles the function with its resources function
+    assert len(cloudpickle.dumps(trainable._resources)) < 5_000  # no spec, no units inside
+    assert len(cloudpickle.dumps(launcher.UnitFeeder([{"unit_id": "x"}] * 100_000))) < 1_000
