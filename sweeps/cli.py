@@ -279,12 +279,12 @@ def sweep(args, argv) -> int:
     except KeyboardInterrupt:
         pass
     finally:
-        launcher.disconnect()
         if results is not None:
             results.close()  # the queued trials, then one compacted trials.parquet
         if background is not None:
             background.submit("close_launch", None, status)
             background.close()
+        launcher.disconnect()  # last: Ray objects Tune left behind must go while Ray is up
         if lock is not None:
             lock.close()
         signal.signal(signal.SIGTERM, sigterm)
