@@ -57,8 +57,9 @@ def midpoint(a, b, log: bool, integer: bool):
     """The midpoint of a and b (geometric if log), rounded for int axes; None if no new value
     lies strictly between them."""
     m = math.sqrt(a * b) if log else (a + b) / 2
-    if integer:
-        m = round(m)
+    # ints round to the nearest int; floats to 4 significant digits, which keeps labels and
+    # configs readable and is far finer than any number of halvings a sweep can afford
+    m = round(m) if integer else float(f"{m:.4g}")
     lo, hi = min(a, b), max(a, b)
     return m if lo < m < hi else None
 

@@ -93,16 +93,29 @@ def build_parser() -> Parser:
 # ----------------------------------------------------------------------------- sweep
 
 
-def _plan(spec, statuses: dict, rerun_failed: bool):
+def _plan(spec, sweep_dir: Path, rerun_failed: bool):
     """(todo, message): the trials to run, and one line of counts for the user. `lost` trials
-    (infrastructure failures) always run again; `failed` ones only with --rerun-failed."""
+    (infrastructure failures) always run again; `failed` ones only with --rerun-failed. A
+    refined spec runs round by round: todo is the first round not yet recorded
+    (sweeps/rounds.py), and spec.trials holds the rounds decided so far."""
+    from sweeps.results import read_statuses
+
     skip = {"ok"} if rerun_failed else {"ok", "failed"}
-    todo = [t for t in spec.trials if statuses.get(t.trial_id) not in skip]
+    round_note = ""
+    if spec.refine is not None:
+        from sweeps import rounds
+
+        todo, round_ = rounds.plan(spec, rounds.recorded(sweep_dir, spec.refine.metric), skip)
+        round_note = f", refine round {round_} of {spec.refine.rounds}"
+    statuses = read_statuses(sweep_dir)
+    if spec.refine is None:
+        todo = [t for t in spec.trials if statuses.get(t.trial_id) not in skip]
     n_failed = sum(statuses.get(t.trial_id) == "failed" for t in spec.trials)
     note = f" ({n_failed} failed; --rerun-failed retries them)" if n_failed and not rerun_failed \
         else ""
-    message = (f"{spec.name}: {len(spec.trials)} trials, {len(spec.trials) - len(todo)} "
-               f"finished{note}, {len(todo)} to run")
+    done = sum(statuses.get(t.trial_id) in skip for t in spec.trials)
+    message = (f"{spec.name}: {len(spec.trials)} trials, {done} finished{note}, {len(todo)} to "
+               f"run{round_note}")
     return todo, message
 
 
@@ -230,10 +243,12 @@ def sweep(args, argv) -> int:
         raise UsageError(f"--results {root}: exists and is not a folder; allowed: a folder "
                          "(created if missing)")
     sweep_dir = root / spec.name
-    todo, counts = _plan(spec, read_statuses(sweep_dir), args.rerun_failed)
+    todo, counts = _plan(spec, sweep_dir, args.rerun_failed)
     if args.dry_run:
         _print_table(spec, read_statuses(sweep_dir), todo)
-        print(f"{counts} (dry run: nothing written)")
+        later = (f"; later refine rounds (up to {spec.refine.rounds}) depend on the results"
+                 if spec.refine else "")
+        print(f"{counts} (dry run: nothing written{later})")
         return 0
     if not todo:
         return _all_done(args, spec, sweep_dir, counts)
@@ -256,7 +271,7 @@ def sweep(args, argv) -> int:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock(sweep_dir)
         compact(sweep_dir)
-        todo, counts = _plan(spec, read_statuses(sweep_dir), args.rerun_failed)  # now locked
+        todo, counts = _plan(spec, sweep_dir, args.rerun_failed)  # now locked
         results = Results(sweep_dir, families.get(spec.experiment).Config)
         results.write_spec(spec.resolved())
         if not todo:
@@ -276,6 +291,16 @@ def sweep(args, argv) -> int:
         summary = launcher.run(spec, todo, results, background,
                                max_concurrent=args.max_concurrent, storage=args.storage,
                                code_version=version)
+        while spec.refine is not None and summary.unfinished == 0:  # the next round, if any
+            results.close()  # on disk: the round's results decide the next one
+            todo, counts = _plan(spec, sweep_dir, args.rerun_failed)
+            if not todo:
+                break
+            results.write_spec(spec.resolved())
+            print(counts, flush=True)
+            summary = summary + launcher.run(spec, todo, results, background,
+                                             max_concurrent=args.max_concurrent,
+                                             storage=args.storage, code_version=version)
         if summary.unfinished == 0:
             status = "FINISHED"
     except KeyboardInterrupt:

@@ -346,6 +346,8 @@ class Recorder(tune.Callback):
                **trial.config}
         for key, value in {**(curve[-1] if curve else {}), **summary}.items():
             row.setdefault(key, value)  # config values win over same-named metrics (lr)
+        if self.spec.refine is not None:
+            row["round"] = trial.round
         row |= {"wall_s": final["wall_s"], "node": final["node"],
                 "gpu_share": self.gpu_shares[tid], "code_version": self.code_version}
         # MLflow's final tags, then Parquet, then the run's end: a driver killed in between
@@ -393,6 +395,10 @@ class Summary:
     lost: int
     unfinished: int
     seconds: float
+
+    def __add__(self, later: Summary) -> Summary:  # a refined sweep's rounds, in order
+        return Summary(self.ok + later.ok, self.failed + later.failed, self.lost + later.lost,
+                       later.unfinished, self.seconds + later.seconds)
 
 
 def _with_absolute_paths(config: dict) -> dict:

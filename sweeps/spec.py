@@ -10,7 +10,9 @@ product of config values; missing or {} = the base config alone), `seeds` (a lis
 node is restarted), `pack` with `pack_size` (train up to pack_size trials that differ only in the
 `pack` keys in one process, vmapped; see `Spec.units`), and `variants`: named sets of overrides
 (`tiny: {epochs: 5}`), applied by `load(..., variant="tiny")` with the `--set` rules, before any
---set value.
+--set value, and `refine`: adaptive boundary refinement of two grid axes (sweeps/refine.py; the
+grid is round 0, later rounds are added by `sweeps.rounds` from what is recorded, and
+`--set rounds=N` changes how many).
 
 Everything is checked here, before Ray or MLflow start, and any problem is one `SpecError` line
 naming the file, the key and what is allowed.
@@ -43,7 +45,8 @@ from sam_lab.config import ConfigError, identity, parse
 EXECUTION_KEYS = frozenset({"threads", "device", "data_dir", "download"})
 REQUIRED = ("name", "experiment", "seeds")
 OPTIONAL = {"description": "", "base": {}, "grid": {}, "resources": {"cpu": 1, "gpu": 0},
-            "failure_retries": 2, "pack": None, "pack_size": 16, "variants": {}}
+            "failure_retries": 2, "pack": None, "pack_size": 16, "variants": {},
+            "refine": None}
 RESOURCE_KEYS = ("cpu", "gpu", "gpu_memory_gb")
 MIN_GPU_SHARE = 1 / 16  # `gpu: auto` never packs more trials than this onto one GPU
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -52,7 +55,7 @@ MAX_NAME = 100  # a folder, an MLflow experiment and part of every artifact path
 # (compared lower-cased, for case-insensitive filesystems; mlflow.db also has -wal/-journal files).
 RESERVED_NAMES = ("mlflow.db", "mlartifacts", "mlruns")
 # Keys a variant or --set may hold besides the family's config keys.
-SPEC_OVERRIDES = ("seeds", "resources", "pack", "pack_size")
+SPEC_OVERRIDES = ("seeds", "resources", "pack", "pack_size", "rounds")
 
 
 class InputError(ValueError):
@@ -70,6 +73,7 @@ class Trial:
     seed: int
     point: dict  # the grid values of this trial, for labels
     config: dict  # the fully defaulted, validated config
+    round: int = 0  # refinement round that added this trial (0: the grid)
 
     @property
     def label(self) -> str:
@@ -90,6 +94,8 @@ class Spec:
     trials: list
     pack: tuple = ()  # config keys a pack's trials may differ in (seed first); () = no packing
     pack_size: int = 16
+    refine: object = None  # a sweeps.refine.Refine, or None
+    grid_trials: list = None  # round 0 (= trials without refine; trials grows by rounds)
 
     @property
     def threads(self) -> int:
@@ -100,8 +106,14 @@ class Spec:
         keys = ("name", "experiment", "description", "base", "grid", "seeds", "resources",
                 "failure_retries")
         packing = {"pack": list(self.pack), "pack_size": self.pack_size} if self.pack else {}
-        return {k: getattr(self, k) for k in keys} | packing | {
+        refine = {"refine": dataclasses.asdict(self.refine)} if self.refine else {}
+        return {k: getattr(self, k) for k in keys} | packing | refine | {
             "trial_ids": [t.trial_id for t in self.trials]}
+
+    def expand(self, points: list[dict], round_: int) -> list[Trial]:
+        """Trials (every seed) of extra grid points, e.g. a refinement round's midpoints."""
+        return _expand(self.path, self.experiment, self.base, points, self.seeds,
+                       self.resources, round_=round_)
 
     def units(self, todo: list[Trial]) -> list[list[Trial]]:
         """What each Ray trial runs: one trial, or with `pack` up to pack_size trials whose
@@ -343,6 +355,7 @@ def load(path: str | Path, overrides: list[str] = (), variant: str | None = None
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise SpecError(f"{path}: failure_retries: got {retries!r}; allowed: an int >= 0")
 
+    rounds = None  # (where, n) from a variant or --set: refine.rounds
     layers = [(f"variants.{variant}", _variant(path, spec["variants"], variant,
                                                spec["experiment"]))]
     try:
@@ -360,6 +373,8 @@ def load(path: str | Path, overrides: list[str] = (), variant: str | None = None
         for key in ("pack", "pack_size"):  # how trials run, not what they compute: ids unchanged
             if key in layer:
                 spec[key] = layer.pop(key)
+        if "rounds" in layer:  # refinement depth: which trials exist, not what one computes
+            rounds = (where, layer.pop("rounds"))
         for key, value in layer.items():  # a swept key is replaced by the value(s) given
             if key in grid:
                 grid[key] = value if isinstance(value, list) else [value]
@@ -387,10 +402,34 @@ def load(path: str | Path, overrides: list[str] = (), variant: str | None = None
             raise SpecError(f"{path}: {where}: unknown key for experiment {spec['experiment']}; "
                             f"allowed: {', '.join(sorted(fields - {'seed'}))}")
 
+    points = (dict(zip(grid, values)) for values in itertools.product(*grid.values()))
+    trials = _expand(path, spec["experiment"], base, points, seeds, resources, setted, grid)
+    grid = {k: list(dict.fromkeys(t.config[k] for t in trials)) for k in grid}  # typed: 1e-3 str
+    result = Spec(path=str(path), name=spec["name"], experiment=spec["experiment"],
+                  description=(spec["description"] or "").strip(), base=base, grid=grid,
+                  seeds=seeds, resources=resources, failure_retries=retries, trials=trials,
+                  pack=pack, pack_size=spec["pack_size"])
+    result.grid_trials = list(trials)
+    result.refine = _refine(path, spec["refine"], rounds, result, family)
+    if resources["gpu"] == "auto" and not hasattr(family, "gpu_memory"):
+        raise SpecError(f"{path}: resources.gpu: auto needs an estimate of a trial's memory, "
+                        f"which experiment {spec['experiment']} lacks; allowed: a number")
+    for unit in result.units(trials) if pack else ():  # e.g. a model it cannot stack
+        try:
+            family.check_packable([t.config for t in unit])
+        except ConfigError as e:
+            raise SpecError(f"{path}: pack: {e}") from None
+    return result
+
+
+def _expand(path, experiment: str, base: dict, points, seeds: list, resources: dict,
+            setted=(), grid=(), round_: int = 0) -> list[Trial]:
+    """Every seed of every grid point, parsed once per point (the seeds change nothing else)."""
+    family = families.get(experiment)
+    fields = {f.name for f in dataclasses.fields(family.Config)}
     trials, seen = [], {}
     names = [f.name for f in dataclasses.fields(family.Config)]  # flat configs: no asdict
-    for values in itertools.product(*grid.values()):
-        point = dict(zip(grid, values))
+    for point in points:
         raw_config = {**base, **point, "seed": seeds[0]}
         if "threads" in fields:
             raw_config["threads"] = threads_for(resources)
@@ -404,25 +443,29 @@ def load(path: str | Path, overrides: list[str] = (), variant: str | None = None
         typed_point = {k: first[k] for k in point}  # shared by the point's seeds (read-only)
         for seed in seeds:
             config = {**first, "seed": seed}
-            tid = trial_id(spec["experiment"], config)
+            tid = trial_id(experiment, config)
             if tid in seen:  # 1 and 1.0, or a grid over an execution key such as device
                 raise SpecError(f"{path}: grid: points {_show(seen[tid])} and {_show(point)} "
                                 f"give the same trial ({', '.join(sorted(EXECUTION_KEYS))} do not "
                                 "define a trial)")
             seen[tid] = point
-            trials.append(Trial(tid, seed, typed_point, config))
+            trials.append(Trial(tid, seed, typed_point, config, round_))
+    return trials
 
-    grid = {k: list(dict.fromkeys(t.config[k] for t in trials)) for k in grid}  # typed: 1e-3 str
-    result = Spec(path=str(path), name=spec["name"], experiment=spec["experiment"],
-                  description=(spec["description"] or "").strip(), base=base, grid=grid,
-                  seeds=seeds, resources=resources, failure_retries=retries, trials=trials,
-                  pack=pack, pack_size=spec["pack_size"])
-    if resources["gpu"] == "auto" and not hasattr(family, "gpu_memory"):
-        raise SpecError(f"{path}: resources.gpu: auto needs an estimate of a trial's memory, "
-                        f"which experiment {spec['experiment']} lacks; allowed: a number")
-    for unit in result.units(trials) if pack else ():  # e.g. a model it cannot stack
-        try:
-            family.check_packable([t.config for t in unit])
-        except ConfigError as e:
-            raise SpecError(f"{path}: pack: {e}") from None
-    return result
+
+def _refine(path, value, rounds, spec: Spec, family):
+    """The checked `refine` block (None without one), with `rounds` from a variant or --set."""
+    from sweeps import refine as refiner
+
+    if value is None:
+        if rounds:
+            raise SpecError(f"{path}: {rounds[0]} rounds: this spec has no `refine` block")
+        return None
+    value = dict(value) if isinstance(value, dict) else value
+    if rounds and isinstance(value, dict):
+        value["rounds"] = rounds[1]
+    metrics = {"status": "categorical", **getattr(family, "METRICS", {})}
+    try:
+        return refiner.parse(value, spec.grid, metrics)
+    except refiner.RefineError as e:
+        raise SpecError(f"{path}: {e}") from None

@@ -18,4 +18,11 @@ def check_packable(configs: list[dict]):
     _check_parsed([parse(Config, c) for c in configs])
 
 
-__all__ = ["Config", "run", "run_packed", "check_packable", "PACKABLE_KEYS", "gpu_memory"]
+__all__ = ["Config", "run", "run_packed", "check_packable", "PACKABLE_KEYS", "gpu_memory", "METRICS"]
+
+
+# The columns a refined sweep (`refine.metric`) may split on: the final row's metrics, and with
+# measure_sharpness the sharpness measures.
+METRICS = {"train_loss": "numeric", "train_acc": "numeric", "test_loss": "numeric",
+           "test_acc": "numeric", "lambda_max": "numeric", "hessian_trace": "numeric",
+           "eps_sharpness": "numeric"}

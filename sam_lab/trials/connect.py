@@ -242,3 +242,9 @@ def run(config: dict):
         summary[f"length_{name}"] = sum(lengths)
     summary["train_s"] = time.perf_counter() - start
     return summary
+
+
+# The columns a refined sweep (`refine.metric`) may split on (per path: line, bezier, polychain).
+METRICS = {"curve_train_loss": "numeric", **{f"{m}_{path}": "numeric"
+           for m in ("barrier_loss", "barrier_err", "mean_loss", "mean_err", "max_err")
+           for path in ("line", "bezier", "polychain")}}

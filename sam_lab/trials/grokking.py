@@ -245,3 +245,9 @@ def run(config: dict):
         train_acc=row["train_acc"],
         test_acc=row["test_acc"],
     )
+
+
+# The columns a refined sweep (`refine.metric`) may split on.
+METRICS = {"phase": "categorical", "step_train_99": "numeric", "step_test_99": "numeric",
+           "grok_delay": "numeric", "grok_ratio": "numeric", "train_acc": "numeric",
+           "test_acc": "numeric", "steps_run": "numeric"}
