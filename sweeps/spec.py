@@ -55,7 +55,7 @@ MAX_NAME = 100  # a folder, an MLflow experiment and part of every artifact path
 # (compared lower-cased, for case-insensitive filesystems; mlflow.db also has -wal/-journal files).
 RESERVED_NAMES = ("mlflow.db", "mlartifacts", "mlruns")
 # Keys a variant or --set may hold besides the family's config keys.
-SPEC_OVERRIDES = ("seeds", "resources", "pack", "pack_size", "rounds")
+SPEC_OVERRIDES = ("seeds", "resources", "pack", "pack_size", "refine", "rounds")
 
 
 class InputError(ValueError):
@@ -373,6 +373,8 @@ def load(path: str | Path, overrides: list[str] = (), variant: str | None = None
         for key in ("pack", "pack_size"):  # how trials run, not what they compute: ids unchanged
             if key in layer:
                 spec[key] = layer.pop(key)
+        if "refine" in layer:  # e.g. a `refined` variant of a dense study
+            spec["refine"] = layer.pop("refine")
         if "rounds" in layer:  # refinement depth: which trials exist, not what one computes
             rounds = (where, layer.pop("rounds"))
         for key, value in layer.items():  # a swept key is replaced by the value(s) given
