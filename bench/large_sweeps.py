@@ -126,6 +126,34 @@ def record_next_to(rows: int) -> tuple[float, float]:
     return statistics.median(part), statistics.median(rewrite)
 
 
+FIXED = {  # each step of a launch's fixed cost, timed in a fresh process
+    "import the CLI and spec code": "import sweeps.cli, sweeps.spec",
+    "import the launcher (Ray Tune)": "import sweeps.launcher",
+    "import MLflow (tracking)": "import sweeps.tracking",
+    "the launcher + start, stop local Ray": "import sweeps.launcher as l; "
+                                            "l.connect(None, {'cpu': 1, 'gpu': 0}); l.disconnect()",
+    "MLflow + create a new SQLite store": "import sweeps.tracking as t, tempfile, pathlib; "
+                                          "d = tempfile.mkdtemp(); t.Tracker("
+                                          "f'sqlite:///{d}/mlflow.db', 'x', pathlib.Path(d))",
+    "import the figures code (plot)": "import analysis.figures",
+}
+
+
+def fixed_costs(report: Report, repeats: int = 3):
+    """Median wall time of each step in a fresh interpreter (the interpreter's own start, ~0.05
+    s, subtracted), so a 1-trial sweep's fixed cost can be split up."""
+    def wall(code: str) -> float:
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, capture_output=True,
+                       cwd=Path(__file__).resolve().parent.parent)
+        return time.perf_counter() - start
+
+    empty = statistics.median(wall("pass") for _ in range(repeats))
+    for what, code in FIXED.items():
+        seconds = statistics.median(wall(code) for _ in range(repeats)) - empty
+        report.say(f"  {what:36} {seconds:5.1f} s")
+
+
 def empty_store_bytes() -> int:
     """mlflow.db with its tables and one experiment, before any run."""
     from sweeps.tracking import Tracker
@@ -142,9 +170,16 @@ def main():
     parser.add_argument("--window", type=int, nargs=2, metavar=("LO", "HI"),
                         help="finished trials to time (default: 10%% .. 90%% of each sweep)")
     parser.add_argument("--no-record", action="store_true", help="skip the 10^5-row record")
+    parser.add_argument("--fixed", action="store_true", help="only the fixed cost of a launch")
     args = parser.parse_args()
     report = Report("large_sweeps" + (f"_stop{args.stop_after}" if args.stop_after else ""))
     report.say(f"load average {os.getloadavg()[0]:.1f} at start (2 cores shared: indicative)")
+    if args.fixed:
+        report = Report("large_sweeps_fixed")
+        report.say("fixed cost of a launch, step by step (median of 3, fresh processes):")
+        fixed_costs(report)
+        report.save()
+        return
     base = empty_store_bytes()
     report.say("N        first trial  driver CPU/trial  trials/s  peak RSS  mlflow.db/trial  "
                "window")

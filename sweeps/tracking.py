@@ -247,10 +247,18 @@ class Background:
         except queue.Full:
             self._give_up(trial_id)
 
-    def close(self, timeout: float | None = None):
-        """Wait until everything submitted is done (or given up on)."""
+    def close(self):
+        """Wait until everything submitted is done or given up on; Ctrl-C stops waiting, and
+        what was not logged is left to `sam-lab sync` (or the next launch)."""
+        if self.queue.qsize() > 100:  # tiny trials can finish faster than a store logs them
+            self.say(f"MLflow: logging {self.queue.qsize()} queued calls (Ctrl-C leaves them "
+                     "to `sam-lab sync`)")
         self.queue.put(None)
-        self.thread.join(timeout)
+        try:
+            while self.thread.is_alive():
+                self.thread.join(0.5)
+        except KeyboardInterrupt:
+            self.say("MLflow: stopped logging; `sam-lab sync` will log what is missing")
 
     def _give_up(self, trial_id):
         self.failures += 1

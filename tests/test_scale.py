@@ -208,3 +208,22 @@ def test_what_tune_unpickles_per_trial_does_not_grow_with_the_sweep():
     trainable = launcher.trainable(1)  # Tune pickles the function with its resources function
     assert len(cloudpickle.dumps(trainable._resources)) < 5_000  # no spec, no units inside
     assert len(cloudpickle.dumps(launcher.UnitFeeder([{"unit_id": "x"}] * 100_000))) < 1_000
+
+
+def test_the_next_trial_is_chosen_among_live_trials_in_creation_order():
+    from ray.tune.experiment import Trial
+
+    from sweeps import launcher
+
+    def fake(n, status):
+        return SimpleNamespace(experiment_tag=f"{n}_unit=x", status=status)
+
+    class Controller:  # Tune's own FIFO would scan get_trials(): every trial ever made
+        def get_live_trials(self):
+            return [fake(12, Trial.PENDING), fake(9, Trial.PENDING), fake(3, Trial.RUNNING)]
+
+        def get_trials(self):
+            raise AssertionError("scanned every trial")
+
+    chosen = launcher.LiveFIFO().choose_trial_to_run(Controller())
+    assert chosen.experiment_tag == "9_unit=x"
