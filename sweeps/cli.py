@@ -468,6 +468,10 @@ def _experiments(db: Path) -> list[tuple[str, str]]:
     try:
         rows = con.execute("SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = "
                            "'active' AND experiment_id != 0 ORDER BY name").fetchall()
+    except sqlite3.OperationalError as e:  # an empty file: MLflow makes the tables
+        if "no such table" not in str(e):
+            raise EnvironmentFault(f"{db}: unreadable MLflow store ({e})") from None
+        rows = []
     except sqlite3.DatabaseError as e:
         raise EnvironmentFault(f"{db}: unreadable MLflow store ({e})") from None
     finally:
