@@ -212,12 +212,12 @@ def _preflight_store(root: Path, tracking_uri: str | None):
     from sweeps import artifacts
 
     preflight.results_root(root)
-    if tracking_uri:
-        preflight.tracking_uri(tracking_uri)
-        preflight.sqlite_store(tracking_uri)
     db = root / "mlflow.db"
-    preflight.sqlite_store(f"sqlite:///{db.absolute()}")
-    if not tracking_uri or preflight.sqlite_path(tracking_uri) == db.absolute():
+    uri = tracking_uri or f"sqlite:///{db.absolute()}"
+    preflight.tracking_uri(uri)
+    preflight.sqlite_store(uri)
+    path = preflight.sqlite_path(uri)
+    if path is not None and path.absolute() == db.absolute():  # a store elsewhere is not ours
         artifacts.rebase(root)
 
 
@@ -384,7 +384,7 @@ def plot(args, argv) -> int:
     if args.tracking_uri:
         preflight.tracking_uri(args.tracking_uri)
         preflight.sqlite_store(args.tracking_uri)
-    if db.exists():
+    elif db.exists():
         from sweeps import artifacts
 
         preflight.sqlite_store(f"sqlite:///{db.absolute()}")
