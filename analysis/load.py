@@ -23,10 +23,27 @@ import yaml
 
 TRIALS, PARTS = "trials.parquet", "trials.parts"
 _LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: a spec of 10^5 trial ids
+SPEC_KEYS = ("name", "experiment", "trial_ids")
+
+
+class CorruptFile(ValueError):
+    """A file of a sweep folder that cannot be read (truncated, or not what sam-lab wrote);
+    str(e) names it."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}; move it aside (or restore it) and rerun")
+        self.path = Path(path)
 
 
 def spec(sweep_dir) -> dict:
-    return yaml.load((Path(sweep_dir) / "spec.yaml").read_text(), Loader=_LOADER)
+    path = Path(sweep_dir) / "spec.yaml"
+    try:
+        out = yaml.load(path.read_text(), Loader=_LOADER)
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise CorruptFile(path, f"not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(out, dict) or not all(k in out for k in SPEC_KEYS):
+        raise CorruptFile(path, f"not a sweep record (needs {', '.join(SPEC_KEYS)})")
+    return out
 
 
 def trials(sweep_dir, latest: bool = True) -> pd.DataFrame:
@@ -57,7 +74,7 @@ def read_trials(sweep_dir, columns: list[str] | None = None) -> pa.Table | None:
         files = [sweep_dir / TRIALS] if (sweep_dir / TRIALS).exists() else []
         files += sorted((sweep_dir / PARTS).glob("*.parquet"))
         try:
-            tables = [_read(f, columns) for f in files]
+            tables = [read_parquet(f, columns) for f in files]
         except FileNotFoundError:
             continue
         if not tables:
@@ -66,12 +83,21 @@ def read_trials(sweep_dir, columns: list[str] | None = None) -> pa.Table | None:
     raise RuntimeError(f"{sweep_dir}: trials.parquet kept changing while being read")
 
 
-def _read(path: Path, columns):
-    if columns is not None:
-        present = set(pq.read_schema(path).names)
-        columns = [c for c in columns if c in present]
-    return pq.read_table(path, columns=columns)
+def read_parquet(path: Path, columns=None):
+    try:
+        if columns is not None:
+            present = set(pq.read_schema(path).names)
+            columns = [c for c in columns if c in present]
+        return pq.read_table(path, columns=columns)
+    except pa.ArrowException as e:  # e.g. a copy cut short: the footer is missing
+        raise CorruptFile(path, f"unreadable Parquet ({str(e).splitlines()[0][:200]})") from None
 
+
+def schema(path: Path) -> pa.Schema:
+    try:
+        return pq.read_schema(path)
+    except pa.ArrowException as e:
+        raise CorruptFile(path, f"unreadable Parquet ({str(e).splitlines()[0][:200]})") from None
 
 
 def curves(sweep_dir, trial_ids=None, columns=None) -> pd.DataFrame:
@@ -83,7 +109,20 @@ def curves(sweep_dir, trial_ids=None, columns=None) -> pd.DataFrame:
         files = [f for f in files if f.stem in wanted]
     if not files:
         return pd.DataFrame(columns=["trial_id", "step", "epoch"])
-    schema = pa.unify_schemas([pq.read_schema(f) for f in files], promote_options="permissive")
+    unified = pa.unify_schemas([schema(f) for f in files], promote_options="permissive")
     if columns is not None:
         columns = ["trial_id"] + [c for c in columns if c != "trial_id"]
-    return ds.dataset(files, schema=schema, format="parquet").to_table(columns=columns).to_pandas()
+    try:
+        table = ds.dataset(files, schema=unified, format="parquet").to_table(columns=columns)
+    except pa.ArrowException as e:  # a footer that reads but a body that does not
+        bad = next((f for f in files if not _readable(f)), Path(sweep_dir) / "curves")
+        raise CorruptFile(bad, f"unreadable Parquet ({str(e).splitlines()[0][:200]})") from None
+    return table.to_pandas()
+
+
+def _readable(path: Path) -> bool:
+    try:
+        pq.read_table(path)
+        return True
+    except pa.ArrowException:
+        return False

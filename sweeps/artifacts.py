@@ -35,9 +35,15 @@ def rebase(root: Path) -> int:
     con = sqlite3.connect(db, timeout=30)
     try:
         moved = 0
+        try:
+            experiments = con.execute(
+                "SELECT experiment_id, artifact_location FROM experiments").fetchall()
+        except sqlite3.OperationalError as e:  # an empty file: MLflow has not made the tables
+            if "no such table" in str(e):
+                return 0
+            raise
         with con:  # one transaction: all paths move, or none
-            for eid, location in con.execute(
-                    "SELECT experiment_id, artifact_location FROM experiments").fetchall():
+            for eid, location in experiments:
                 split = _split(location or "")
                 if split is None or split[1] == here:
                     continue

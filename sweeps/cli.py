@@ -7,8 +7,9 @@
     sam-lab ui                                      # MLflow dashboard on 127.0.0.1:5000
 
 Exit codes: 0 done (failed trials are results, not errors), 2 bad input (one line on stderr,
-nothing written, Ray not even imported), 130 interrupted by Ctrl-C or SIGTERM (finished trials
-are saved), 1 a crash. Heavy imports (Ray, MLflow, torch, seaborn) happen inside the commands
+nothing written, Ray not even imported), 3 an environment fault (a full or read-only disk, a
+locked or corrupt mlflow.db or results file, a busy port: one line naming it), 130 interrupted
+by Ctrl-C or SIGTERM (finished trials are saved), 1 a crash. Heavy imports (Ray, MLflow, torch, seaborn) happen inside the commands
 that need them.
 """
 
@@ -23,6 +24,8 @@ import socket
 import sys
 from pathlib import Path
 
+from sweeps import preflight
+from sweeps.preflight import ENV_EXIT, EnvironmentFault
 from sweeps.spec import InputError
 
 DEFAULT_RESULTS = "results"
@@ -216,6 +219,21 @@ def _all_done(args, spec, sweep_dir: Path, counts: str) -> int:
     return 0
 
 
+def _preflight_store(root: Path, tracking_uri: str | None):
+    """The results root and the MLflow store a command writes: usable, or one line and exit
+    2/3. A local store's artifact paths are moved onto this root (a copied folder is whole)."""
+    from sweeps import artifacts
+
+    preflight.results_root(root)
+    db = root / "mlflow.db"
+    uri = tracking_uri or f"sqlite:///{db.absolute()}"
+    preflight.tracking_uri(uri)
+    preflight.sqlite_store(uri)
+    path = preflight.sqlite_path(uri)
+    if path is not None and path.absolute() == db.absolute():  # a store elsewhere is not ours
+        artifacts.rebase(root)
+
+
 def _catch_up(tracking_uri, spec, sweep_dir: Path):
     from sweeps import tracking
     from sweeps.provenance import code_version
@@ -242,6 +260,10 @@ def sweep(args, argv) -> int:
     if root.exists() and not root.is_dir():
         raise UsageError(f"--results {root}: exists and is not a folder; allowed: a folder "
                          "(created if missing)")
+    specs.check_name_free(spec, root)
+    if not args.dry_run:  # every place the sweep will write, before any write or Ray start
+        _preflight_store(root, args.tracking_uri)
+        args.storage = preflight.storage(args.storage)
     sweep_dir = root / spec.name
     todo, counts = _plan(spec, sweep_dir, args.rerun_failed)
     if args.dry_run:
@@ -335,8 +357,10 @@ def _sweep_summary(sweep_dir: Path) -> str:
     from analysis import load
     from sweeps.results import compact, read_statuses
 
-    if os.access(sweep_dir, os.W_OK):
+    try:
         compact(sweep_dir)
+    except OSError:  # a read-only copy: the parts are read as they are
+        pass
     spec = load.spec(sweep_dir)
     statuses = read_statuses(sweep_dir)
     ids = spec["trial_ids"]
@@ -351,6 +375,10 @@ def _sweep_summary(sweep_dir: Path) -> str:
 
 
 def status(args, argv) -> int:
+    """One line per sweep; a sweep whose files cannot be read gets one line naming the file on
+    stderr, the others are still listed, and the exit code is 3."""
+    from analysis.load import CorruptFile
+
     if args.sweep_dir:
         sweep_dir = Path(args.sweep_dir)
         if not (sweep_dir / "spec.yaml").exists():
@@ -360,19 +388,36 @@ def status(args, argv) -> int:
     sweeps = sorted(p.parent for p in Path(args.results).glob("*/spec.yaml"))
     if not sweeps:
         raise UsageError(f"--results {args.results}: no sweeps found")
+    broken = 0
     for sweep_dir in sweeps:
-        print(_sweep_summary(sweep_dir))
-    return 0
+        try:
+            print(_sweep_summary(sweep_dir))
+        except (CorruptFile, OSError) as e:
+            broken += 1
+            print(f"sam-lab: error: {_one_line(e)}", file=sys.stderr)
+    return ENV_EXIT if broken else 0
 
 
 def plot(args, argv) -> int:
     sweep_dir = Path(args.sweep_dir)
     if not (sweep_dir / "spec.yaml").exists():
         raise UsageError(f"{sweep_dir}: no sweep here (no spec.yaml); run sam-lab sweep first")
+    out = preflight.out_dir(Path(args.out)) if args.out else sweep_dir / "figures"
+    if not args.out:
+        preflight.writable(sweep_dir, str(sweep_dir))
+    db = sweep_dir.parent / "mlflow.db"
+    if args.tracking_uri:
+        preflight.tracking_uri(args.tracking_uri)
+        preflight.sqlite_store(args.tracking_uri)
+    elif db.exists():
+        from sweeps import artifacts
+
+        preflight.sqlite_store(f"sqlite:///{db.absolute()}")
+        artifacts.rebase(sweep_dir.parent)  # figures go to this folder's artifacts, not the original's
     from analysis import figures
 
     try:
-        paths = figures.make(sweep_dir, Path(args.out) if args.out else sweep_dir / "figures")
+        paths = figures.make(sweep_dir, out)
     except LookupError as e:
         raise UsageError(f"{sweep_dir}: {e}") from None
     if not paths:
@@ -380,7 +425,6 @@ def plot(args, argv) -> int:
         return 0
     for path in paths:
         print(path)
-    db = sweep_dir.parent / "mlflow.db"
     if args.tracking_uri or db.exists():
         from sweeps import tracking
 
@@ -403,6 +447,7 @@ def sync_command(args, argv) -> int:
     if args.tracking_uri and "://" not in args.tracking_uri:
         raise UsageError(f"--tracking-uri {args.tracking_uri}: allowed: a URI such as "
                          "http://host:5000 or sqlite:///path/mlflow.db")
+    _preflight_store(sweep_dir.parent, args.tracking_uri)
     from sweeps import tracking
 
     tracking.check_reachable(args.tracking_uri or "")
@@ -422,7 +467,16 @@ def ui_command(args, argv) -> int:
     if not db.exists():
         raise UsageError(f"--results {args.results}: no mlflow.db there; run sam-lab sweep first")
     uri = f"sqlite:///{db.resolve()}"
-    print(f"MLflow UI for {uri} on http://{args.host}:{args.port} (Ctrl-C stops it)", flush=True)
+    preflight.sqlite_store(uri)
+    preflight.port(args.host, args.port)
+    from sweeps import artifacts
+    from sweeps.tracking import dashboard_url
+
+    artifacts.rebase(Path(args.results))
+    print(f"MLflow UI for {uri} on port {args.port} (Ctrl-C stops it); one line per sweep:")
+    for experiment_id, name in _experiments(db):
+        print(f"{name}  {dashboard_url(args.host, args.port, experiment_id)}")
+    sys.stdout.flush()
     # One worker and no job runner (GenAI evaluation jobs): a local viewer, not 12 processes.
     command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
                "--host", args.host, "--port", str(args.port), "--workers", "1"]
@@ -430,11 +484,53 @@ def ui_command(args, argv) -> int:
     os.execv(sys.executable, command)
 
 
+def _experiments(db: Path) -> list[tuple[str, str]]:
+    """(id, name) of the active sweeps' experiments, read straight from the SQLite store (no
+    MLflow import: the UI process starts at once); the empty Default (id 0) is not a sweep."""
+    import sqlite3
+
+    con = sqlite3.connect(f"{db.absolute().as_uri()}?mode=ro", uri=True, timeout=2)
+    try:
+        rows = con.execute("SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = "
+                           "'active' AND experiment_id != 0 ORDER BY name").fetchall()
+    except sqlite3.OperationalError as e:  # an empty file: MLflow makes the tables
+        if "no such table" not in str(e):
+            raise EnvironmentFault(f"{db}: unreadable MLflow store ({e})") from None
+        rows = []
+    except sqlite3.DatabaseError as e:
+        raise EnvironmentFault(f"{db}: unreadable MLflow store ({e})") from None
+    finally:
+        con.close()
+    return [(str(i), n) for i, n in rows]
+
+
+def _one_line(e: BaseException) -> str:
+    return " ".join(str(e).split()) or type(e).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Every refusal is one line on stderr: 2 for input, 3 for the environment (a full or
+    read-only disk, a locked store, a corrupt results file), never a traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
     try:
         return args.func(args, argv)
     except InputError as e:
-        print(f"sam-lab: error: {e}", file=sys.stderr)
+        print(f"sam-lab: error: {_one_line(e)}", file=sys.stderr)
         return 2
+    except Exception as e:
+        line = _environment_fault(e)
+        if line is None:
+            raise  # a bug: the traceback is the report
+        print(f"sam-lab: error: {line}", file=sys.stderr)
+        return ENV_EXIT
+
+
+def _environment_fault(e: Exception) -> str | None:
+    """The one line for a fault of the machine or of the results folder, None for a bug."""
+    load = sys.modules.get("analysis.load")  # only a command that read results can raise it
+    if isinstance(e, EnvironmentFault) or (load and isinstance(e, load.CorruptFile)):
+        return _one_line(e)
+    if isinstance(e, OSError):
+        return preflight.describe_os_error(e)
+    return None

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
-from analysis.load import PARTS, TRIALS, latest_rows, read_trials
+from analysis.load import PARTS, TRIALS, latest_rows, read_parquet, read_trials
 
 META = ("trial_id", "sweep", "experiment", "status", "error", "seed")
 FINAL = ("step", "epoch", "train_loss", "train_acc", "test_loss", "test_acc")
@@ -112,7 +112,7 @@ def compact(sweep_dir) -> int:
         parts = sorted((sweep_dir / PARTS).glob("*.parquet"))
         files = ([sweep_dir / TRIALS] if (sweep_dir / TRIALS).exists() else []) + parts
         if parts:
-            table = pa.concat_tables([pq.read_table(f) for f in files],
+            table = pa.concat_tables([read_parquet(f) for f in files],  # names a corrupt file
                                      promote_options="permissive")
             write_atomic(latest_rows(table), sweep_dir / TRIALS)
             for part in parts:

@@ -17,6 +17,7 @@ so does `sam-lab sync RESULTS/NAME` (e.g. for results copied off a cluster).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -39,6 +40,13 @@ from sweeps.spec import InputError  # noqa: E402
 TAG_LIMIT = 4000  # MLflow caps tag values; errors and tracebacks are cut to this
 CURVE_POINTS = 200  # per metric, sent to MLflow
 END = {"ok": "FINISHED", "failed": "FAILED", "lost": "KILLED"}  # trial status -> run status
+# Curve keys kept in Parquet but not sent as MLflow metrics: `epoch` is the step axis and `lr` a
+# config value (a param); as metrics they became the first charts of the UI's Compare view.
+NOT_METRICS = {"step", "epoch", "lr"}
+# The dashboard: the UI applies the experiment tag mlflow.sharedViewState.<key> when the URL
+# carries viewStateShareKey=<key> (MLflow 3.17; see docs/dashboard.md).
+VIEW_KEY = "samlab"
+MAIN_METRICS = ("test_acc",)  # every family's trials end with it
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -83,6 +91,49 @@ def downsample(curve: list[dict], points: int = CURVE_POINTS) -> list[dict]:
     return [curve[i] for i in keep]
 
 
+def view_state(swept: list[str], metrics=MAIN_METRICS) -> dict:
+    """The runs table as a sweep reads best: trials only (no launch runs), flat and sorted by the
+    first metric (a sort or a filter stops the UI from nesting them under a collapsed launch
+    run), with the metrics, swept keys and status as columns."""
+    metric_cols = [f"metrics.`{m}`" for m in metrics]
+    param_cols = [f"params.`{k}`" for k in swept]
+    return {"searchFilter": "tags.kind = 'trial'", "orderByKey": metric_cols[0],
+            "orderByAsc": False, "selectedColumns": [*metric_cols, *param_cols, "tags.`status`"],
+            # the UI applies columnWidths only together with a non-empty columnOrder
+            "columnOrder": ["attributes.`Run Name`", *metric_cols, *param_cols, "tags.`status`"],
+            "columnWidths": {"attributes.`Run Name`": 220, **{c: 120 for c in metric_cols}},
+            "runsHiddenMode": "SHOW_ALL"}  # charts: every trial, not the first 10
+
+
+def experiment_tags(description: str, swept: list[str]) -> dict[str, str]:
+    """The spec's description (shown under the experiment's title) and the shared view, in the
+    UI's saved-view envelope so it is also listed under "Views"."""
+    now = _now_ms()
+    view = {"name": "sam-lab sweep", "createdAt": now, "updatedAt": now,
+            "state": json.dumps(view_state(swept))}
+    return {"mlflow.note.content": description or "",
+            "mlflow.experimentKind": "custom_model_development",
+            f"mlflow.sharedViewState.{VIEW_KEY}": json.dumps(view)}
+
+
+def dashboard_url(host: str, port: int, experiment_id: str) -> str:
+    """The sweep's runs table: `/runs` (the bare experiment route drops the share key) in the
+    model-training view (without workflowType the UI opens the GenAI overview)."""
+    host = "127.0.0.1" if host in ("0.0.0.0", "") else "::1" if host == "::" else host
+    host = f"[{host}]" if ":" in host else host
+    return (f"http://{host}:{port}/#/experiments/{experiment_id}/runs"
+            f"?workflowType=machine_learning&viewStateShareKey={VIEW_KEY}")
+
+
+def drop_default_experiment(client: MlflowClient):
+    """Soft-delete the empty "Default" experiment (sam-lab never logs to it). The store re-creates
+    id 0 only when it is missing altogether, so it stays gone; one with runs is kept."""
+    exp = client.get_experiment("0")
+    if exp is not None and exp.lifecycle_stage == "active" \
+            and not client.search_runs(["0"], max_results=1):
+        client.delete_experiment("0")
+
+
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -116,6 +167,8 @@ class Tracker:
         self.code_version = code_version
         try:
             self.experiment_id = _experiment_id(self.client, sweep, artifact_location)
+            if uri.startswith("sqlite:"):  # sam-lab's own store, not a shared server's
+                drop_default_experiment(self.client)
         except Exception as e:  # a broken store: say which, before any trial runs
             raise TrackingError(f"--tracking-uri {uri}: {type(e).__name__}: {e}") from None
         self.parent = None
@@ -151,6 +204,10 @@ class Tracker:
             tags={"kind": kind, "sweep": self.sweep, "sweep_dir": self.sweep_dir,
                   "status": "running", "code_version": self.code_version})
         self.parent = run.info.run_id
+        if kind == "launch":  # the latest spec's description and swept keys
+            for key, value in experiment_tags(resolved.get("description"),
+                                              list(resolved["grid"])).items():
+                self.client.set_experiment_tag(self.experiment_id, key, value)
         params = {"experiment": resolved["experiment"], "trials": len(resolved["trial_ids"]),
                   "run": n_run, "skipped": n_skipped, "seeds": resolved["seeds"],
                   "grid_keys": ",".join(resolved["grid"])}
@@ -180,11 +237,12 @@ class Tracker:
             return
         ts, step = _now_ms(), row.get("step") or 0
         metrics = [Metric(k, float(v), ts, r["step"]) for r in downsample(curve)
-                   for k, v in r.items() if k != "step" and _number(v)]
-        numbers = {"wall_s": row["wall_s"]} | {k: v for k, v in summary.items() if _number(v)}
+                   for k, v in r.items() if k not in NOT_METRICS and _number(v)]
+        numbers = {"wall_s": row["wall_s"]} | {k: v for k, v in summary.items()
+                                               if _number(v) and k not in NOT_METRICS}
         metrics += [Metric(k, float(v), ts, step) for k, v in numbers.items()]
         texts = {"status": row["status"], "node": row["node"], "error": row["error"],
-                 "traceback": traceback} | {k: v for k, v in summary.items() if k not in numbers}
+                 "traceback": traceback} | {k: v for k, v in summary.items() if not _number(v)}
         self.client.log_batch(self.open[trial_id], metrics=metrics,
                               tags=[RunTag(k, str(v)[-TAG_LIMIT:]) for k, v in texts.items()
                                     if v is not None])
