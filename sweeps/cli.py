@@ -165,6 +165,14 @@ def _lock(sweep_dir: Path):
     return f
 
 
+def loopback_ray():
+    """Make a local Ray listen on 127.0.0.1 only (call before Ray is imported). Ray 2.60 binds
+    its servers to loopback when its node IP is loopback, and keeps a loopback node IP only with
+    multi-node clusters off (its macOS / Windows mode, an env var read at import). A joined
+    cluster (--address) is left as it is."""
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def check_address(address: str | None):
     """A bad --address is bad input: refused before Ray is imported, so nothing starts."""
     if address is None or address == "auto":
@@ -280,6 +288,8 @@ def sweep(args, argv) -> int:
     uri = args.tracking_uri or tracking.default_uri(root)
     tracking.check_reachable(uri)
     check_address(args.address)
+    if args.address is None:
+        loopback_ray()
     from sweeps import launcher  # imports Ray: only once the input is known to be good
     from sweeps.provenance import code_version
     from sweeps.results import compact

@@ -70,10 +70,10 @@ def connect(address: str | None, resources: dict) -> str:
         # "local": a new Ray of our own, never one found through RAY_ADDRESS or a `ray start` on
         # this machine (joining is --address). Ray sizes itself to the CPUs this process may use
         # (affinity, cgroup quota), which os.cpu_count() overstates in a container. No dashboard.
-        # Ray 2.60's core (GCS, raylet, workers) listens on every interface whatever it is
-        # told (it turns a loopback _node_ip_address into the node's IP); token auth guards it.
+        # On 127.0.0.1 only when the CLI set Ray's single-node mode before importing it
+        # (cli.loopback_ray); otherwise Ray turns a loopback node IP into the machine's.
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
-                 logging_level=logging.WARNING)
+                 logging_level=logging.WARNING, _node_ip_address="127.0.0.1")
     else:  # the address was checked by the CLI (sam-lab refuses ray:// and unreachable heads)
         try:
             ray.init(address=address, log_to_driver=False, logging_level=logging.WARNING)
