@@ -96,13 +96,11 @@ def build_parser() -> Parser:
 # ----------------------------------------------------------------------------- sweep
 
 
-def _plan(spec, sweep_dir: Path, rerun_failed: bool):
+def _plan(spec, statuses: dict, rerun_failed: bool, sweep_dir: Path | None = None):
     """(todo, message): the trials to run, and one line of counts for the user. `lost` trials
     (infrastructure failures) always run again; `failed` ones only with --rerun-failed. A
     refined spec runs round by round: todo is the first round not yet recorded
     (sweeps/rounds.py), and spec.trials holds the rounds decided so far."""
-    from sweeps.results import read_statuses
-
     skip = {"ok"} if rerun_failed else {"ok", "failed"}
     round_note = ""
     if spec.refine is not None:
@@ -110,7 +108,6 @@ def _plan(spec, sweep_dir: Path, rerun_failed: bool):
 
         todo, round_ = rounds.plan(spec, rounds.recorded(sweep_dir, spec.refine.metric), skip)
         round_note = f", refine round {round_} of {spec.refine.rounds}"
-    statuses = read_statuses(sweep_dir)
     if spec.refine is None:
         todo = [t for t in spec.trials if statuses.get(t.trial_id) not in skip]
     n_failed = sum(statuses.get(t.trial_id) == "failed" for t in spec.trials)
@@ -273,7 +270,7 @@ def sweep(args, argv) -> int:
         _preflight_store(root, args.tracking_uri)
         args.storage = preflight.storage(args.storage)
     sweep_dir = root / spec.name
-    todo, counts = _plan(spec, sweep_dir, args.rerun_failed)
+    todo, counts = _plan(spec, read_statuses(sweep_dir), args.rerun_failed, sweep_dir)
     if args.dry_run:
         _print_table(spec, read_statuses(sweep_dir), todo)
         later = (f"; later refine rounds (up to {spec.refine.rounds}) depend on the results"
@@ -303,7 +300,8 @@ def sweep(args, argv) -> int:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock(sweep_dir)
         compact(sweep_dir)
-        todo, counts = _plan(spec, sweep_dir, args.rerun_failed)  # now locked
+        todo, counts = _plan(spec, read_statuses(sweep_dir), args.rerun_failed,
+                             sweep_dir)  # now locked
         results = Results(sweep_dir, families.get(spec.experiment).Config)
         results.write_spec(spec.resolved())
         if not todo:
@@ -325,7 +323,7 @@ def sweep(args, argv) -> int:
                                code_version=version)
         while spec.refine is not None and summary.unfinished == 0:  # the next round, if any
             results.close()  # on disk: the round's results decide the next one
-            todo, counts = _plan(spec, sweep_dir, args.rerun_failed)
+            todo, counts = _plan(spec, read_statuses(sweep_dir), args.rerun_failed, sweep_dir)
             if not todo:
                 break
             results.write_spec(spec.resolved())
