@@ -1,8 +1,9 @@
 """`sam-lab`: sweep, status, plot, ui.
 
     sam-lab sweep sweeps/quickstart.yaml            # run (or resume: rerun the same command)
-    sam-lab status results/quickstart               # ok / failed / pending
+    sam-lab status results/quickstart               # ok / failed / lost / pending
     sam-lab plot results/quickstart                 # figures -> results/quickstart/figures
+    sam-lab sync results/quickstart                 # MLflow runs rebuilt from Parquet
     sam-lab ui                                      # MLflow dashboard on 127.0.0.1:5000
 
 Exit codes: 0 done (failed trials are results, not errors), 2 bad input (one line on stderr,
@@ -25,6 +26,7 @@ from pathlib import Path
 from sweeps.spec import InputError
 
 DEFAULT_RESULTS = "results"
+DRY_RUN_ROWS = 1000  # a longer dry run prints its first and last rows and the counts
 
 
 class UsageError(InputError):
@@ -53,8 +55,10 @@ def build_parser() -> Parser:
     s.add_argument("--max-concurrent", type=int, help="at most N trials at once")
     s.add_argument("--storage", help="Tune storage for a multi-node cluster (s3://..., or an NFS "
                                      "path); default: a temp folder, deleted afterwards")
-    s.add_argument("--rerun-failed", action="store_true", help="also rerun trials that failed")
-    s.add_argument("--dry-run", action="store_true", help="print the trials; write nothing")
+    s.add_argument("--rerun-failed", action="store_true",
+                   help="also rerun trials that failed (lost trials always run again)")
+    s.add_argument("--dry-run", action="store_true", help="print the trials (a summary beyond "
+                                                          f"{DRY_RUN_ROWS}); write nothing")
     s.set_defaults(func=sweep)
 
     st = sub.add_parser("status", help="ok / failed / pending counts of a sweep (or all)")
@@ -62,6 +66,12 @@ def build_parser() -> Parser:
                                                  "--results)")
     st.add_argument("--results", default=DEFAULT_RESULTS)
     st.set_defaults(func=status)
+
+    sy = sub.add_parser("sync", help="log to MLflow the trials in Parquet that it lacks")
+    sy.add_argument("sweep_dir", help="RESULTS/NAME")
+    sy.add_argument("--tracking-uri", help="MLflow tracking URI (default: "
+                                           "sqlite:///RESULTS/mlflow.db)")
+    sy.set_defaults(func=sync_command)
 
     pl = sub.add_parser("plot", help="draw a sweep's figures (and log them to MLflow)")
     pl.add_argument("sweep_dir", help="RESULTS/NAME")
@@ -82,7 +92,8 @@ def build_parser() -> Parser:
 
 
 def _plan(spec, statuses: dict, rerun_failed: bool):
-    """(todo, message): the trials to run, and one line of counts for the user."""
+    """(todo, message): the trials to run, and one line of counts for the user. `lost` trials
+    (infrastructure failures) always run again; `failed` ones only with --rerun-failed."""
     skip = {"ok"} if rerun_failed else {"ok", "failed"}
     todo = [t for t in spec.trials if statuses.get(t.trial_id) not in skip]
     n_failed = sum(statuses.get(t.trial_id) == "failed" for t in spec.trials)
@@ -94,17 +105,31 @@ def _plan(spec, statuses: dict, rerun_failed: bool):
 
 
 def _print_table(spec, statuses: dict, todo):
+    """One row per trial; beyond DRY_RUN_ROWS the first and last few, then counts."""
     todo_ids = {t.trial_id for t in todo}
     keys = list(spec.grid) + ["seed"]
-    pack_of = {t.trial_id: str(i) for i, unit in enumerate(spec.units(todo)) for t in unit}
-    rows = [[t.trial_id, "run" if t.trial_id in todo_ids else "skip",
+    pack_of = {t.trial_id: str(i) for i, unit in enumerate(spec.units(todo)) for t in unit} \
+        if spec.pack else {}
+    shown = spec.trials if len(spec.trials) <= DRY_RUN_ROWS else \
+        [*spec.trials[:10], None, *spec.trials[-10:]]
+    rows = [["..."] * (len(keys) + 3 + bool(spec.pack)) if t is None else
+            [t.trial_id, "run" if t.trial_id in todo_ids else "skip",
              statuses.get(t.trial_id, "-"), *[str(v) for v in t.point.values()], str(t.seed),
              *([pack_of.get(t.trial_id, "-")] if spec.pack else [])]
-            for t in spec.trials]
+            for t in shown]
     header = ["trial_id", "action", "status", *keys, *(["pack"] if spec.pack else [])]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for r in [header, *rows]:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
+    if len(shown) < len(spec.trials):
+        counts = {}
+        for t in spec.trials:
+            counts[statuses.get(t.trial_id, "pending")] = counts.get(
+                statuses.get(t.trial_id, "pending"), 0) + 1
+        axes = ", ".join(f"{k}: {len(v)} values" for k, v in spec.grid.items())
+        print(f"{len(spec.trials)} trials ({axes}; {len(spec.seeds)} seeds): "
+              + ", ".join(f"{n} {k}" for k, n in counts.items())
+              + (f"; {len(spec.units(todo))} packs to run" if spec.pack else ""))
 
 
 def _lock(sweep_dir: Path):
@@ -150,33 +175,44 @@ def _sigterm_as_sigint(signum, frame):
     handler(signal.SIGINT, frame)
 
 
-def _say_stale(killed: int, closed: int):
-    if killed:
-        print(f"marked {killed} MLflow runs left RUNNING by an earlier driver as KILLED")
-    if closed:
-        print(f"closed {closed} MLflow runs of trials recorded just before an earlier driver died")
+def _artifacts(root: Path, name: str, uri: str) -> str | None:
+    """A tracking server stores artifacts where it was told; a local store keeps them beside
+    the results (not in ./mlruns of whatever folder the command ran from)."""
+    if uri.startswith(("http://", "https://", "databricks")):
+        return None
+    return (root / "mlartifacts" / name).resolve().as_uri()
 
 
 def _all_done(args, spec, sweep_dir: Path, counts: str) -> int:
     """Nothing to run: no Ray, no launch run. The spec record follows the latest command, and
-    runs a dead driver left open (it may die after recording its last trial) are closed."""
+    MLflow catches up with Parquet (runs a dead driver left open, trials it never logged)."""
     from sam_lab import trials as families
-    from sweeps import tracking
-    from sweeps.results import Results
+    from sweeps.results import Results, compact
 
     lock = _lock(sweep_dir)  # it exists: its trials are recorded
     try:
-        results = Results(sweep_dir, families.get(spec.experiment).Config)
-        results.write_spec(spec.resolved())
+        compact(sweep_dir)
+        Results(sweep_dir, families.get(spec.experiment).Config).write_spec(spec.resolved())
         if args.tracking_uri or (sweep_dir.parent / "mlflow.db").exists():
-            uri = args.tracking_uri or tracking.default_uri(sweep_dir.parent)
-            tracking.check_reachable(uri)
-            recorded = {t: r["status"] for t, r in results.rows.items()}
-            _say_stale(*tracking.Tracker(uri, spec.name).close_stale(recorded))
+            _catch_up(args.tracking_uri, spec, sweep_dir)
     finally:
         lock.close()
     print(f"{counts}: nothing to do")
     return 0
+
+
+def _catch_up(tracking_uri, spec, sweep_dir: Path):
+    from sweeps import tracking
+    from sweeps.provenance import code_version
+    from sweeps.sync import catch_up
+
+    uri = tracking_uri or tracking.default_uri(sweep_dir.parent)
+    tracking.check_reachable(uri)
+    tracker = tracking.Tracker(uri, spec["name"] if isinstance(spec, dict) else spec.name,
+                               sweep_dir, _artifacts(sweep_dir.parent, sweep_dir.name, uri),
+                               code_version())
+    experiment = spec["experiment"] if isinstance(spec, dict) else spec.experiment
+    return catch_up(tracker, sweep_dir, experiment)
 
 
 def sweep(args, argv) -> int:
@@ -206,41 +242,49 @@ def sweep(args, argv) -> int:
     tracking.check_reachable(uri)
     check_address(args.address)
     from sweeps import launcher  # imports Ray: only once the input is known to be good
+    from sweeps.provenance import code_version
+    from sweeps.results import compact
+    from sweeps.sync import catch_up
 
     where = launcher.connect(args.address, spec.resources)
     sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
-    tracker = lock = summary = None
+    background = lock = summary = results = None
     status = "KILLED"
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock(sweep_dir)
+        compact(sweep_dir)
         todo, counts = _plan(spec, read_statuses(sweep_dir), args.rerun_failed)  # now locked
         results = Results(sweep_dir, families.get(spec.experiment).Config)
         results.write_spec(spec.resolved())
         if not todo:
             print(f"{counts}: nothing to do")
             return 0
-        artifacts = (root / "mlartifacts" / spec.name).resolve().as_uri()
-        # a tracking server stores artifacts where it was told; a local store keeps them beside
-        # the results (not in ./mlruns of whatever folder the command ran from)
-        served = uri.startswith(("http://", "https://", "databricks"))
-        tracker = tracking.Tracker(uri, spec.name, None if served else artifacts)
-        stale = tracker.close_stale({t: r["status"] for t, r in results.rows.items()})
-        tracker.open_launch(spec.resolved(), len(todo), len(spec.trials) - len(todo))
+        version = code_version()
+        tracker = tracking.Tracker(uri, spec.name, sweep_dir, _artifacts(root, spec.name, uri),
+                                   version)
+        background = tracking.Background(tracker)
+        # MLflow catches up first (FIFO), then this launch's runs: all off the trials' path
+        background.submit(catch_up, None, tracker, sweep_dir, spec.experiment)
+        background.submit("open_launch", None, spec.resolved(), len(todo),
+                          len(spec.trials) - len(todo))
         if len(todo) < len(spec.trials):
             print(f"skipping {len(spec.trials) - len(todo)} finished trials")
-        _say_stale(*stale)
-        print(f"{counts} on {where}; MLflow: {uri}")
-        summary = launcher.run(spec, todo, results, tracker, max_concurrent=args.max_concurrent,
-                               storage=args.storage)
+        print(f"{counts} on {where}; MLflow: {uri}", flush=True)
+        summary = launcher.run(spec, todo, results, background,
+                               max_concurrent=args.max_concurrent, storage=args.storage,
+                               code_version=version)
         if summary.unfinished == 0:
             status = "FINISHED"
     except KeyboardInterrupt:
         pass
     finally:
-        if tracker is not None:
-            tracker.close_launch(status)
         launcher.disconnect()
+        if results is not None:
+            results.close()  # the queued trials, then one compacted trials.parquet
+        if background is not None:
+            background.submit("close_launch", None, status)
+            background.close()
         if lock is not None:
             lock.close()
         signal.signal(signal.SIGTERM, sigterm)
@@ -249,7 +293,8 @@ def sweep(args, argv) -> int:
         print(f"interrupted: finished trials are saved in {sweep_dir}; resume with: {command}",
               file=sys.stderr)
         return 130
-    print(f"done in {summary.seconds:.0f} s: {summary.ok} ok, {summary.failed} failed -> "
+    lost = f", {summary.lost} lost (rerun the command to retry them)" if summary.lost else ""
+    print(f"done in {summary.seconds:.0f} s: {summary.ok} ok, {summary.failed} failed{lost} -> "
           f"{sweep_dir}/trials.parquet\n  figures: sam-lab plot {sweep_dir}\n"
           f"  dashboard: sam-lab ui --results {root}")
     return 0
@@ -259,17 +304,23 @@ def sweep(args, argv) -> int:
 
 
 def _sweep_summary(sweep_dir: Path) -> str:
-    import yaml
+    """One line of counts; the parts written so far are compacted on the way (if writable)."""
+    from analysis import load
+    from sweeps.results import compact, read_statuses
 
-    from sweeps.results import read_statuses
-
-    spec = yaml.safe_load((sweep_dir / "spec.yaml").read_text())
+    if os.access(sweep_dir, os.W_OK):
+        compact(sweep_dir)
+    spec = load.spec(sweep_dir)
     statuses = read_statuses(sweep_dir)
     ids = spec["trial_ids"]
-    ok = sum(statuses.get(i) == "ok" for i in ids)
-    failed = sum(statuses.get(i) == "failed" for i in ids)
-    return (f"{spec['name']}: {ok} ok, {failed} failed, {len(ids) - ok - failed} pending "
-            f"({len(ids)} trials, {spec['experiment']})  {sweep_dir}")
+    counts = {s: 0 for s in ("ok", "failed", "lost")}
+    for i in ids:
+        if statuses.get(i) in counts:
+            counts[statuses[i]] += 1
+    lost = f", {counts['lost']} lost" if counts["lost"] else ""
+    pending = len(ids) - sum(counts.values())
+    return (f"{spec['name']}: {counts['ok']} ok, {counts['failed']} failed{lost}, {pending} "
+            f"pending ({len(ids)} trials, {spec['experiment']})  {sweep_dir}")
 
 
 def status(args, argv) -> int:
@@ -311,6 +362,31 @@ def plot(args, argv) -> int:
         run_id = tracking.log_figures(uri, sweep_dir.name, paths)
         if run_id:
             print(f"logged to MLflow run {run_id} ({uri})")
+    return 0
+
+
+def sync_command(args, argv) -> int:
+    """Rebuild the sweep's missing MLflow runs from its Parquet tables (and close stale ones)."""
+    from analysis import load
+    from sweeps.results import compact
+
+    sweep_dir = Path(args.sweep_dir)
+    if not (sweep_dir / "spec.yaml").exists():
+        raise UsageError(f"{sweep_dir}: no sweep here (no spec.yaml); run sam-lab sweep first")
+    if args.tracking_uri and "://" not in args.tracking_uri:
+        raise UsageError(f"--tracking-uri {args.tracking_uri}: allowed: a URI such as "
+                         "http://host:5000 or sqlite:///path/mlflow.db")
+    from sweeps import tracking
+
+    tracking.check_reachable(args.tracking_uri or "")
+    lock = _lock(sweep_dir)  # a running sweep would log the same trials
+    try:
+        compact(sweep_dir)
+        logged = _catch_up(args.tracking_uri, load.spec(sweep_dir), sweep_dir)
+    finally:
+        lock.close()
+    uri = args.tracking_uri or tracking.default_uri(sweep_dir.parent)
+    print(f"{sweep_dir}: MLflow is up to date ({logged} trials logged now) in {uri}")
     return 0
 
 

@@ -6,17 +6,21 @@
 Workers only train: `run_trial` wraps the family's `run` generator (or, for a spec with `pack`,
 its `run_packed` over a unit of trials), reports rows per evaluation point, and turns an exception
 raised by the science code into a final `failed` report, so a deterministic failure is recorded
-once and never retried. Each Ray trial asks for the spec's CPUs and its unit's GPU share. A lost worker or node is
-an infrastructure failure: Tune restarts the trial up to `failure_retries` times (the partial
-curve and MLflow run are dropped), then it is recorded `failed` too.
+once and never retried. Each Ray trial asks for the spec's CPUs and its unit's GPU share. A lost
+worker or node, an actor that never starts and CUDA out of memory are infrastructure failures:
+Tune restarts the trial up to `failure_retries` times (the partial curve and MLflow run are
+dropped), then it is recorded `lost`, and the next launch runs it again.
 
-The driver-side `Recorder` callback writes Parquet and MLflow. Tune's own storage is a temp
+Tune gets its trials from `UnitFeeder`, one unit when it asks, so the driver's cost per trial
+does not grow with the sweep. The driver-side `Recorder` callback hands each finished trial to
+the Parquet writer and its MLflow calls to a background thread. Tune's own storage is a temp
 folder (or --storage for a multi-node cluster), deleted afterwards: trials.parquet is the only
 state a resume needs.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import shutil
@@ -32,6 +36,7 @@ os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints 
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
+from ray.tune.search import Searcher  # noqa: E402
 
 from sam_lab import trials as families  # noqa: E402
 from sweeps.spec import MIN_GPU_SHARE, InputError, gpu_share  # noqa: E402
@@ -63,6 +68,8 @@ def connect(address: str | None, resources: dict) -> str:
         # "local": a new Ray of our own, never one found through RAY_ADDRESS or a `ray start` on
         # this machine (joining is --address). Ray sizes itself to the CPUs this process may use
         # (affinity, cgroup quota), which os.cpu_count() overstates in a container. No dashboard.
+        # Ray 2.60's core (GCS, raylet, workers) listens on every interface whatever it is
+        # told (it turns a loopback _node_ip_address into the node's IP); token auth guards it.
         ray.init(address="local", include_dashboard=False, log_to_driver=False,
                  logging_level=logging.WARNING)
     else:  # the address was checked by the CLI (sam-lab refuses ray:// and unreachable heads)
@@ -129,6 +136,11 @@ def _failed(error: BaseException, node: str, trace: str | None) -> dict:
             "summary": {}, "node": node}
 
 
+def _infrastructure(error: BaseException) -> bool:
+    """Out of GPU memory says where the trial ran, not what it computes: not a result."""
+    return type(error).__name__ == "OutOfMemoryError" or "CUDA out of memory" in str(error)
+
+
 def _final(summary, node: str) -> dict:
     if isinstance(summary, BaseException):  # one model of a pack failed (e.g. its loss is NaN)
         return _failed(summary, node, None)
@@ -160,6 +172,8 @@ def run_trial(params: dict):
                 break
             pending.append([k, _clean(row, "row")])
         except Exception as e:  # fails the whole unit
+            if _infrastructure(e):
+                raise  # Tune retries it, then the driver records it `lost`
             failure = _failed(e, node, traceback.format_exc())
             break
         if time.perf_counter() - last_report >= REPORT_EVERY_S:
@@ -194,13 +208,15 @@ class Progress:
         self.total, self.stream = total, stream
         self.tty = stream.isatty()
         self.start = time.monotonic()
-        self.ok = self.failed = 0
+        self.ok = self.failed = self.lost = 0
         self.running = set()
         self.last_tick = 0.0
 
     def status(self) -> str:
-        pending = self.total - self.ok - self.failed - len(self.running)
-        return (f"{self.ok + self.failed}/{self.total} done, {self.failed} failed, "
+        done = self.ok + self.failed + self.lost
+        pending = self.total - done - len(self.running)
+        lost = f"{self.lost} lost, " if self.lost else ""
+        return (f"{done}/{self.total} done, {self.failed} failed, {lost}"
                 f"{len(self.running)} running, {pending} pending, "
                 f"{_clock(time.monotonic() - self.start)}")
 
@@ -221,7 +237,10 @@ class Progress:
             acc = row.get("test_acc")
             what = f"test_acc {acc:.3f}" if isinstance(acc, float) else "ok"
         else:
-            self.failed += 1
+            if row["status"] == "lost":
+                self.lost += 1
+            else:
+                self.failed += 1
             what = row["error"].splitlines()[0][:120] if row["error"] else "failed"
         self.say(f"{row['status']:6} {label}: {what} ({row['wall_s']:.1f} s)  [{self.status()}]")
 
@@ -231,120 +250,204 @@ class Progress:
 
 
 def _lost_reason(trial) -> str:
-    """The last failure Tune wrote for a trial whose worker died, as one line."""
+    """The last failure Tune saw for a trial whose worker died, as one line."""
     text = ""
-    if trial.error_file and os.path.exists(trial.error_file):
-        with open(trial.error_file) as f:
-            text = f.read().rsplit("Failure #", 1)[-1]
-    lines = [ln.strip() for ln in text.splitlines()[1:] if ln.strip()]
-    return "worker lost: " + (lines[0] if lines else "the trial's worker or node died")
+    try:
+        text = trial.get_error() or ""
+    except Exception:  # noqa: BLE001 - no error file (the actor never started)
+        pass
+    text = str(text).rsplit("Failure #", 1)[-1]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "Traceback" not in ln
+             and not ln.startswith(("Error occurred", "File "))]
+    return "worker lost: " + (lines[-1][:300] if lines else "the trial's worker or node died")
+
+
+def _never_raise(callback):
+    """An exception escaping a Tune callback ends the whole sweep: report it and go on."""
+    @functools.wraps(callback)
+    def guarded(self, *args, **kwargs):
+        try:
+            return callback(self, *args, **kwargs)
+        except Exception as e:  # noqa: BLE001
+            self.progress.say(f"sam-lab: {callback.__name__}: {type(e).__name__}: {e} "
+                              "(the sweep goes on)")
+    return guarded
 
 
 class Recorder(tune.Callback):
-    """Driver side: curves in memory per trial, then Parquet + MLflow when a trial ends.
+    """Driver side: curves in memory per trial; when a trial ends, its row and curve go to the
+    Parquet writer and its MLflow calls to the background tracker. Nothing here blocks on disk
+    or network, and nothing raises (`_never_raise`).
 
     A Tune trial runs a unit: one trial, or a pack whose members are recorded one by one."""
 
-    def __init__(self, spec, trials, results, tracker, progress, gpu_shares):
+    def __init__(self, spec, trials, results, tracker, progress, gpu_shares, code_version):
         self.spec, self.results, self.tracker, self.progress = spec, results, tracker, progress
-        self.gpu_shares = gpu_shares
+        self.gpu_shares, self.code_version = gpu_shares, code_version
         self.by_id = {t.trial_id: t for t in trials}
         self.curves, self.started, self.recorded = {}, {}, set()
+
+    def __getstate__(self):  # Tune pickles its callbacks once for a restore we never use
+        return {}
 
     @staticmethod
     def _members(trial) -> list[str]:
         return [m["trial_id"] for m in trial.config["unit"]["members"]]
 
+    @_never_raise
     def on_trial_start(self, iteration, trials, trial, **info):
         for tid in self._members(trial):
+            t = self.by_id[tid]
             self.curves[tid], self.started[tid] = [], time.perf_counter()
-            self.tracker.start_trial(self.by_id[tid])
+            self.tracker.submit("start_trial", tid, tid, t.label, t.config)
             self.progress.running.add(tid)
         self.progress.tick(force=True)
 
+    @_never_raise
     def on_trial_result(self, iteration, trials, trial, result, **info):
         members = self._members(trial)
         if members[0] in self.recorded:  # a late duplicate, e.g. from a retry after the final
             return
-        by_member = {}
         for k, row in result["rows"]:
-            by_member.setdefault(members[k], []).append(row)
-        for tid, rows in by_member.items():
-            self.curves[tid].extend(rows)
-            self.tracker.log_rows(tid, rows)
+            self.curves.setdefault(members[k], []).append(row)
         for tid, final in zip(members, result.get("finals", ())):
             self._record(tid, final, final["summary"], final["traceback"])
 
+    @_never_raise
     def on_trial_recover(self, iteration, trials, trial, **info):
-        reason = _lost_reason(trial)
+        reason = _lost_reason(trial)  # the actor may never have started: no on_trial_start
         for tid in self._members(trial):
-            self.tracker.kill_trial(tid, reason)
+            self.tracker.submit("kill_trial", tid, tid, reason)
             self.curves[tid] = []
             self.progress.running.discard(tid)
             self.progress.say(f"retry  {self.by_id[tid].label}: {reason} (attempt "
                               f"{trial.num_failures + 1} of {self.spec.failure_retries + 1})")
 
+    @_never_raise
     def on_trial_error(self, iteration, trials, trial, **info):
+        """Retries used up on infrastructure failures: the trial is `lost` (the next launch
+        runs it again), not `failed` (which is the science's own verdict)."""
+        reason = _lost_reason(trial)
         for tid in self._members(trial):
             if tid not in self.recorded:
                 wall = time.perf_counter() - self.started.get(tid, time.perf_counter())
-                final = {"status": "failed", "error": _lost_reason(trial), "node": None,
-                         "wall_s": wall}
+                final = {"status": "lost", "error": reason, "node": None, "wall_s": wall}
                 self._record(tid, final, {}, None)
 
+    @_never_raise
     def on_step_end(self, iteration, trials, **info):
         self.progress.tick()
 
     def _record(self, tid: str, final: dict, summary: dict, trace: str | None):
         trial = self.by_id[tid]
-        curve = self.curves.pop(tid, [])
+        curve = self.curves.pop(tid, None) or []
         row = {"trial_id": tid, "sweep": self.spec.name, "experiment": self.spec.experiment,
                "status": final["status"], "error": final["error"], "seed": trial.seed,
                **trial.config}
         for key, value in {**(curve[-1] if curve else {}), **summary}.items():
             row.setdefault(key, value)  # config values win over same-named metrics (lr)
         row |= {"wall_s": final["wall_s"], "node": final["node"],
-                "gpu_share": self.gpu_shares[tid]}
+                "gpu_share": self.gpu_shares[tid], "code_version": self.code_version}
         # MLflow's final tags, then Parquet, then the run's end: a driver killed in between
         # leaves a RUNNING run that the next launch can tell finished (Tracker.close_stale).
-        self.tracker.log_final(tid, row, summary, trace)
-        self.results.record(row, curve)
+        self.tracker.submit("log_final", tid, tid, row, summary, trace, curve)
+        status = row["status"]
+        self.results.record(row, curve, then=lambda: self.tracker.submit(
+            "end_trial", tid, tid, status))
         self.recorded.add(tid)
-        self.tracker.end_trial(tid, row["status"])
         self.progress.finished(tid, trial.label, row)
+
+
+class UnitFeeder(Searcher):
+    """Hands Tune one unit per trial, when Tune asks for one: the cost per trial does not grow
+    with the sweep, and Tune holds only the trials it has started (a grid_search over N units
+    is expanded and deep-copied up front)."""
+
+    def __init__(self, units: list[dict]):
+        super().__init__()
+        self.units, self.next = units, 0
+
+    def __getstate__(self):  # Tune pickles its searcher once, for a restore we never use
+        return {}
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def suggest(self, trial_id: str):
+        if self.next == len(self.units):
+            return Searcher.FINISHED
+        self.next += 1
+        return {"unit": self.units[self.next - 1]}
+
+    def on_trial_complete(self, trial_id: str, result=None, error: bool = False):
+        pass
+
+    def save_to_dir(self, *args, **kwargs):
+        pass  # a resume reads trials.parquet, never Tune's state
 
 
 @dataclass
 class Summary:
     ok: int
     failed: int
+    lost: int
     unfinished: int
     seconds: float
 
 
-def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None) -> Summary:
-    """Run `todo` (a list of spec.Trial) to completion, or until Ctrl-C; Ray must be connected."""
+def _with_absolute_paths(config: dict) -> dict:
+    """A relative data_dir means the launch directory's: Tune runs each trial in a folder of its
+    own. (data_dir says where, not what: the trial_id does not depend on it.)"""
+    path = config.get("data_dir")
+    if isinstance(path, str) and path and not os.path.isabs(path) and "://" not in path:
+        return {**config, "data_dir": os.path.abspath(path)}
+    return config
+
+
+def _slots(spec) -> int:
+    """How many units the cluster can run at once now (Tune keeps as many queued)."""
+    total = ray.cluster_resources()
+    slots = total.get("CPU", 1) / spec.resources["cpu"]
+    gpu = spec.resources["gpu"]
+    if gpu not in (0, "auto"):
+        slots = min(slots, total.get("GPU", 0) / gpu)
+    return max(1, int(slots))
+
+
+def trainable(cpu: float):
+    """run_trial with each unit's resources. Tune pickles it, and unpickles it for every trial:
+    it must hold nothing that grows with the sweep (such as the spec)."""
+    def resources(config):  # per unit: `gpu: auto` sizes each one's share from its model
+        bundle = {"CPU": cpu, "GPU": config["unit"]["gpu"]}
+        return tune.PlacementGroupFactory([{k: v for k, v in bundle.items() if v}])
+
+    return tune.with_resources(run_trial, resources)
+
+
+def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None,
+        code_version: str = "") -> Summary:
+    """Run `todo` (a list of spec.Trial) to completion, or until Ctrl-C; Ray must be connected.
+    `tracker` is a tracking.Background; `results` a results.Results (the caller closes both)."""
     family = families.get(spec.experiment)
     units = [{"unit_id": unit[0].trial_id + (f"+{len(unit) - 1}" if len(unit) > 1 else ""),
               "experiment": spec.experiment, "threads": spec.threads, "packed": bool(spec.pack),
               "gpu": gpu_share(family, [t.config for t in unit], spec.resources),
-              "members": [{"trial_id": t.trial_id, "config": t.config} for t in unit]}
+              "members": [{"trial_id": t.trial_id, "config": _with_absolute_paths(t.config)}
+                          for t in unit]}
              for unit in spec.units(todo)]
 
     progress = Progress(len(todo))
     shares = {m["trial_id"]: u["gpu"] for u in units for m in u["members"]}
-    recorder = Recorder(spec, todo, results, tracker, progress, shares)
+    recorder = Recorder(spec, todo, results, tracker, progress, shares, code_version)
 
-    def resources(config):  # per unit: `gpu: auto` sizes each one's share from its model
-        bundle = {"CPU": spec.resources["cpu"], "GPU": config["unit"]["gpu"]}
-        return tune.PlacementGroupFactory([{k: v for k, v in bundle.items() if v}])
-
+    # Tune starts as many trials as are queued for resources; a Searcher gets 1 unless told.
+    os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2 * _slots(spec), 16)))
     own_storage = storage is None
     storage = storage or tempfile.mkdtemp(prefix="sam-lab-tune-")
     tuner = tune.Tuner(
-        tune.with_resources(run_trial, resources),
-        param_space={"unit": tune.grid_search(units)},
+        trainable(spec.resources["cpu"]),
         tune_config=tune.TuneConfig(
+            search_alg=UnitFeeder(units), num_samples=len(units),
             reuse_actors=True, max_concurrent_trials=max_concurrent,
             trial_name_creator=lambda t: t.config["unit"]["unit_id"],
             trial_dirname_creator=lambda t: t.config["unit"]["unit_id"]),
@@ -359,7 +462,6 @@ def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None) -> S
         progress.end()
         if own_storage:
             shutil.rmtree(storage, ignore_errors=True)
-    return Summary(ok=progress.ok, failed=progress.failed,
+    return Summary(ok=progress.ok, failed=progress.failed, lost=progress.lost,
                    unfinished=len(todo) - len(recorder.recorded),
                    seconds=time.monotonic() - progress.start)
-

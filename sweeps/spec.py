@@ -330,25 +330,29 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
                             f"allowed: {', '.join(sorted(fields - {'seed'}))}")
 
     trials, seen = [], {}
+    names = [f.name for f in dataclasses.fields(family.Config)]  # flat configs: no asdict
     for values in itertools.product(*grid.values()):
         point = dict(zip(grid, values))
+        raw_config = {**base, **point, "seed": seeds[0]}
+        if "threads" in fields:
+            raw_config["threads"] = threads_for(resources)
+        try:  # once per grid point: the seeds (checked by _seeds) change nothing else
+            parsed = parse(family.Config, raw_config)
+        except ConfigError as e:
+            where = "--set " if e.key in setted else ""
+            at = f" (grid point {_show(point)})" if e.key in grid else ""
+            raise SpecError(f"{path}: {where}{e}{at}") from None
+        first = {name: getattr(parsed, name) for name in names}
+        typed_point = {k: first[k] for k in point}  # shared by the point's seeds (read-only)
         for seed in seeds:
-            raw_config = {**base, **point, "seed": seed}
-            if "threads" in fields:
-                raw_config["threads"] = threads_for(resources)
-            try:
-                config = dataclasses.asdict(parse(family.Config, raw_config))
-            except ConfigError as e:
-                where = "--set " if e.key in setted else ""
-                at = f" (grid point {_show(point)})" if e.key in grid else ""
-                raise SpecError(f"{path}: {where}{e}{at}") from None
+            config = {**first, "seed": seed}
             tid = trial_id(spec["experiment"], config)
             if tid in seen:  # 1 and 1.0, or a grid over an execution key such as device
                 raise SpecError(f"{path}: grid: points {_show(seen[tid])} and {_show(point)} "
                                 f"give the same trial ({', '.join(sorted(EXECUTION_KEYS))} do not "
                                 "define a trial)")
             seen[tid] = point
-            trials.append(Trial(tid, seed, {k: config[k] for k in point}, config))
+            trials.append(Trial(tid, seed, typed_point, config))
 
     grid = {k: list(dict.fromkeys(t.config[k] for t in trials)) for k in grid}  # typed: 1e-3 str
     result = Spec(path=str(path), name=spec["name"], experiment=spec["experiment"],

@@ -1,28 +1,44 @@
-"""MLflow bookkeeping, on the driver only: workers never need tracking access.
+"""MLflow bookkeeping, on the driver only, best-effort: workers never need tracking access, and an
+MLflow store that is slow or gone never stops or slows a trial.
 
 One MLflow experiment per sweep name; per launch a parent run (kind=launch) and, nested under
 it, one run per trial (kind=trial), created when the trial starts so the dashboard shows it live.
-params = the trial's config; curve rows arrive in batches (at most one a second per trial) and
-each batch is one `log_batch` call, every value with its `step`; tags
-trial_id, sweep, status. Runs end FINISHED (ok), FAILED (failed) or KILLED (worker lost and
-retried, driver interrupted, or left RUNNING by a driver that died: fixed on the next launch).
+params = the trial's config; when the trial ends, its curve (at most CURVE_POINTS points per
+metric: Parquet keeps every point) and its final values in `log_batch` calls; tags trial_id,
+sweep, sweep_dir, status, code_version. Runs end FINISHED (ok), FAILED (failed) or KILLED (lost,
+worker lost and retried, driver interrupted, or left RUNNING by a driver that died: fixed on the
+next launch).
+
+`Background` runs these calls on one thread behind a bounded queue, retrying each a few times.
+A trial whose calls could not all be made is left to `sync`, which (re)builds the runs of every
+trial recorded in Parquet that has no ended run with its status; the next launch calls it, and
+so does `sam-lab sync RESULTS/NAME` (e.g. for results copied off a cluster).
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import queue
+import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag, ViewType
-from mlflow.tracking import MlflowClient
+# MLflow's REST client retries a dead server for minutes by default; Background retries itself.
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
 
-from sweeps.spec import InputError
+from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from sweeps.spec import InputError  # noqa: E402
 
 TAG_LIMIT = 4000  # MLflow caps tag values; errors and tracebacks are cut to this
-_END = {"ok": "FINISHED", "failed": "FAILED"}  # trial status -> MLflow run status
+CURVE_POINTS = 200  # per metric, sent to MLflow
+END = {"ok": "FINISHED", "failed": "FAILED", "lost": "KILLED"}  # trial status -> run status
 for _name in ("mlflow", "alembic"):
     logging.getLogger(_name).setLevel(logging.WARNING)
 
@@ -54,6 +70,19 @@ def _now_ms() -> int:
     return int(time.time() * 1000)
 
 
+def _number(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def downsample(curve: list[dict], points: int = CURVE_POINTS) -> list[dict]:
+    """At most `points` rows, evenly spread, first and last kept."""
+    if len(curve) <= points:
+        return curve
+    last = len(curve) - 1
+    keep = sorted({round(i * last / (points - 1)) for i in range(points)})
+    return [curve[i] for i in keep]
+
+
 def _experiment_id(client: MlflowClient, name: str, artifact_location: str | None) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is None:
@@ -75,9 +104,16 @@ def _runs(client: MlflowClient, experiment_id: str, filter_string: str):
 
 
 class Tracker:
-    def __init__(self, uri: str, sweep: str, artifact_location: str | None = None):
+    """The MLflow calls of one sweep folder, made synchronously (see `Background`).
+
+    `sweep_dir` keys the runs: `close_stale` only touches runs of this folder, which the CLI's
+    lock guards, so two results roots sharing one server never close each other's runs."""
+
+    def __init__(self, uri: str, sweep: str, sweep_dir: Path, artifact_location: str | None = None,
+                 code_version: str = ""):
         self.client = MlflowClient(tracking_uri=uri)
-        self.sweep = sweep
+        self.sweep, self.sweep_dir = sweep, str(Path(sweep_dir).resolve())
+        self.code_version = code_version
         try:
             self.experiment_id = _experiment_id(self.client, sweep, artifact_location)
         except Exception as e:  # a broken store: say which, before any trial runs
@@ -85,74 +121,77 @@ class Tracker:
         self.parent = None
         self.open = {}  # trial_id -> run_id of trials in flight
 
+    def _ours(self, run) -> bool:  # runs from before the sweep_dir tag count as ours
+        return run.data.tags.get("sweep_dir", self.sweep_dir) == self.sweep_dir
+
     def close_stale(self, recorded: dict[str, str]) -> tuple[int, int]:
-        """Close the runs left RUNNING by a driver that died (SIGKILL, node loss).
+        """Close the runs of this sweep folder left RUNNING by a driver that died.
 
         A trial run whose final status is logged and matches trials.parquet (`recorded`:
-        trial_id -> status) died between the Parquet write and its end: its trial will not run
-        again, so it ends FINISHED / FAILED. Every other one becomes KILLED. Returns
-        (killed, finished).
-        """
-        stale = list(_runs(self.client, self.experiment_id, "attributes.status = 'RUNNING'"))
-        finished = 0
+        trial_id -> status) died between the Parquet write and its end: it ends as its status
+        says. Every other one becomes KILLED. Returns (killed, closed)."""
+        stale = [r for r in _runs(self.client, self.experiment_id, "attributes.status = 'RUNNING'")
+                 if self._ours(r)]
+        closed = 0
         for run in stale:
             tags = run.data.tags
             status = tags.get("status")
-            if tags.get("kind") == "trial" and status in ("ok", "failed") \
+            if tags.get("kind") == "trial" and status in END \
                     and recorded.get(tags.get("trial_id")) == status:
-                self.client.set_terminated(run.info.run_id, _END[status])
-                finished += 1
+                self.client.set_terminated(run.info.run_id, END[status])
+                closed += 1
             else:
                 self.client.set_tag(run.info.run_id, "status", "killed")
                 self.client.set_terminated(run.info.run_id, "KILLED")
-        return len(stale) - finished, finished
+        return len(stale) - closed, closed
 
-    def open_launch(self, resolved: dict, n_run: int, n_skipped: int):
+    def open_launch(self, resolved: dict, n_run: int, n_skipped: int, kind: str = "launch"):
         run = self.client.create_run(
-            self.experiment_id, run_name=f"launch {time.strftime('%Y-%m-%d %H:%M:%S')}",
-            tags={"kind": "launch", "sweep": self.sweep, "status": "running"})
+            self.experiment_id, run_name=f"{kind} {time.strftime('%Y-%m-%d %H:%M:%S')}",
+            tags={"kind": kind, "sweep": self.sweep, "sweep_dir": self.sweep_dir,
+                  "status": "running", "code_version": self.code_version})
         self.parent = run.info.run_id
         params = {"experiment": resolved["experiment"], "trials": len(resolved["trial_ids"]),
                   "run": n_run, "skipped": n_skipped, "seeds": resolved["seeds"],
                   "grid_keys": ",".join(resolved["grid"])}
-        self.client.log_batch(self.parent, params=[Param(k, str(v)) for k, v in params.items()])
-        self.client.log_dict(self.parent, resolved, "spec.yaml")
+        self.client.log_batch(self.parent, params=[Param(k, str(v)[:6000])
+                                                   for k, v in params.items()])
+        # the spec without its trial ids: those are in RESULTS/NAME/spec.yaml
+        self.client.log_dict(self.parent, {k: v for k, v in resolved.items() if k != "trial_ids"},
+                             "spec.yaml")
 
-    def start_trial(self, trial):
+    def start_trial(self, trial_id: str, label: str, config: dict,
+                    code_version: str | None = None):
         run = self.client.create_run(
-            self.experiment_id, run_name=trial.label,
+            self.experiment_id, run_name=label,
             tags={"mlflow.parentRunId": self.parent, "kind": "trial", "sweep": self.sweep,
-                  "trial_id": trial.trial_id, "status": "running"})
-        params = [Param(k, str(v)) for k, v in trial.config.items()]
-        for i in range(0, len(params), 100):  # log_batch takes at most 100 params
-            self.client.log_batch(run.info.run_id, params=params[i:i + 100])
-        self.open[trial.trial_id] = run.info.run_id
+                  "sweep_dir": self.sweep_dir, "trial_id": trial_id, "status": "running",
+                  "code_version": code_version or self.code_version})
+        params = [Param(k, str(v)) for k, v in config.items()]
+        self.client.log_batch(run.info.run_id, params=params)  # chunked by MLflow itself
+        self.open[trial_id] = run.info.run_id
 
-    def log_rows(self, trial_id: str, rows: list[dict]):
-        """Curve rows as stepped metrics, in as few log_batch calls as MLflow allows."""
-        ts = _now_ms()
-        metrics = [Metric(k, float(v), ts, row["step"]) for row in rows for k, v in row.items()
-                   if k != "step" and isinstance(v, (int, float)) and not isinstance(v, bool)]
-        for i in range(0, len(metrics), 1000):  # log_batch takes at most 1000 metrics
-            self.client.log_batch(self.open[trial_id], metrics=metrics[i:i + 1000])
-
-    def log_final(self, trial_id: str, row: dict, summary: dict, traceback: str | None):
-        """A trial's final row (status, error, wall_s, node) and summary; the run stays RUNNING
-        until `end_trial`, which comes after the row is in Parquet (see `close_stale`)."""
+    def log_final(self, trial_id: str, row: dict, summary: dict, traceback: str | None,
+                  curve: list[dict]):
+        """A trial's curve (downsampled), final row (status, error, wall_s, node) and summary;
+        the run stays RUNNING until `end_trial`, which comes after the row is in Parquet (see
+        `close_stale`)."""
+        if trial_id not in self.open:  # its run could not be created: `sync` makes it
+            return
         ts, step = _now_ms(), row.get("step") or 0
-        numbers = {"wall_s": row["wall_s"]} | {
-            k: v for k, v in summary.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = [Metric(k, float(v), ts, r["step"]) for r in downsample(curve)
+                   for k, v in r.items() if k != "step" and _number(v)]
+        numbers = {"wall_s": row["wall_s"]} | {k: v for k, v in summary.items() if _number(v)}
+        metrics += [Metric(k, float(v), ts, step) for k, v in numbers.items()]
         texts = {"status": row["status"], "node": row["node"], "error": row["error"],
-                 "traceback": traceback} | {
-            k: v for k, v in summary.items() if k not in numbers}
-        self.client.log_batch(
-            self.open[trial_id],
-            metrics=[Metric(k, float(v), ts, step) for k, v in numbers.items()],
-            tags=[RunTag(k, str(v)[-TAG_LIMIT:]) for k, v in texts.items() if v is not None])
+                 "traceback": traceback} | {k: v for k, v in summary.items() if k not in numbers}
+        self.client.log_batch(self.open[trial_id], metrics=metrics,
+                              tags=[RunTag(k, str(v)[-TAG_LIMIT:]) for k, v in texts.items()
+                                    if v is not None])
 
     def end_trial(self, trial_id: str, status: str):
-        self.client.set_terminated(self.open.pop(trial_id), _END[status])
+        if trial_id in self.open:
+            self.client.set_terminated(self.open.pop(trial_id), END[status])
 
     def kill_trial(self, trial_id: str, reason: str):
         run_id = self.open.pop(trial_id, None)
@@ -170,9 +209,114 @@ class Tracker:
             self.client.set_terminated(self.parent, status)
             self.parent = None
 
+    def logged(self) -> dict[str, set[str]]:
+        """{trial_id: statuses of its ended runs} over every trial run of the experiment."""
+        out: dict[str, set[str]] = {}
+        for run in _runs(self.client, self.experiment_id, "tags.kind = 'trial'"):
+            if run.info.status != "RUNNING":
+                out.setdefault(run.data.tags.get("trial_id"), set()).add(
+                    run.data.tags.get("status"))
+        return out
+
+
+# ----------------------------------------------------------------------------- best-effort
+
+
+class Background:
+    """Tracker calls on one thread: `submit(method, trial_id, *args)` never blocks.
+
+    Each call is tried up to RETRIES times. When one still fails, or the queue is full, the
+    trial it belongs to is given up on (its later calls are skipped; `sync` rebuilds its run)
+    and the store is left alone for DOWN_S seconds: an outage costs no trial any time."""
+
+    RETRIES, BACKOFF_S, DOWN_S, QUEUE = 3, (1.0, 3.0), 30.0, 10_000
+
+    def __init__(self, tracker: Tracker, say=print):
+        self.tracker, self.say = tracker, say
+        self.queue: queue.Queue = queue.Queue(self.QUEUE)
+        self.given_up: set[str | None] = set()
+        self.down_until = 0.0
+        self.failures = 0
+        self.thread = threading.Thread(target=self._loop, name="sam-lab-mlflow", daemon=True)
+        self.thread.start()
+
+    def submit(self, method, trial_id: str | None, *args):
+        """method: a Tracker method's name, or any callable (called with args)."""
+        try:
+            self.queue.put_nowait((method, trial_id, args))
+        except queue.Full:
+            self._give_up(trial_id)
+
+    def close(self, timeout: float | None = None):
+        """Wait until everything submitted is done (or given up on)."""
+        self.queue.put(None)
+        self.thread.join(timeout)
+
+    def _give_up(self, trial_id):
+        self.failures += 1
+        if trial_id is not None:
+            self.given_up.add(trial_id)
+
+    def _loop(self):
+        while (item := self.queue.get()) is not None:
+            method, trial_id, args = item
+            if trial_id in self.given_up and method != "kill_trial":
+                continue
+            if time.monotonic() < self.down_until:
+                self._give_up(trial_id)
+                continue
+            for attempt in range(self.RETRIES):
+                try:
+                    call = method if callable(method) else getattr(self.tracker, method)
+                    call(*args)
+                    break
+                except Exception as e:  # noqa: BLE001 - any MLflow failure is survivable
+                    if attempt == self.RETRIES - 1:
+                        self._give_up(trial_id)
+                        self.down_until = time.monotonic() + self.DOWN_S
+                        name = getattr(method, "__name__", method)
+                        self.say(f"MLflow: {name} failed ({type(e).__name__}: "
+                                 f"{str(e).splitlines()[0][:200] if str(e) else ''}); "
+                                 "`sam-lab sync` will log what is missing")
+                    else:
+                        time.sleep(self.BACKOFF_S[min(attempt, len(self.BACKOFF_S) - 1)])
+
+
+# ----------------------------------------------------------------------------- sync
+
+
+def sync(tracker: Tracker, trials: list[dict], config_keys: list[str], curve_of, say=print
+         ) -> int:
+    """Log every trial of `trials` (Parquet rows) that has no ended run with its status, under
+    one parent run (kind=sync); returns how many. `curve_of(trial_id)` gives its curve rows."""
+    logged = tracker.logged()
+    missing = [r for r in trials if r["status"] not in logged.get(r["trial_id"], ())]
+    if not missing:
+        return 0
+    tracker.open_launch({"experiment": missing[0]["experiment"], "trial_ids": [],
+                         "seeds": sorted({r["seed"] for r in missing}), "grid": {}},
+                        len(missing), 0, kind="sync")
+    skip = {"trial_id", "sweep", "experiment", "status", "error", "node", "code_version",
+            "wall_s", *config_keys}
+    for row in missing:
+        tid = row["trial_id"]
+        config = {k: row[k] for k in config_keys if k in row}
+        tracker.start_trial(tid, f"{tid} (synced)", config, row.get("code_version"))
+        curve = curve_of(tid)
+        in_curve = {k for r in curve[-1:] for k in r}  # its last point is already the curve's
+        summary = {k: v for k, v in row.items()
+                   if k not in skip and k not in in_curve and v is not None}
+        tracker.log_final(tid, row, summary, None, curve)
+        tracker.end_trial(tid, row["status"])
+    tracker.close_launch("FINISHED")
+    say(f"MLflow: logged {len(missing)} trials recorded in Parquet but missing in MLflow")
+    return len(missing)
+
 
 def log_figures(uri: str, sweep: str, paths: list[Path]) -> str | None:
-    """Attach figures to the sweep's latest launch run; returns its run id (None if no launch)."""
+    """Attach figures to the sweep's latest launch run; returns its run id (None if no launch).
+    A store whose artifacts live on a server that is not running (`mlflow-artifacts:/` in a
+    copied mlflow.db) takes no figures: the figures stay on disk and the user is told."""
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(sweep)
     if exp is None:
@@ -181,8 +325,12 @@ def log_figures(uri: str, sweep: str, paths: list[Path]) -> str | None:
                               order_by=["attributes.start_time DESC"])
     if not runs:
         return None
-    for path in paths:
-        for sibling in sorted(Path(path).parent.glob(Path(path).stem + ".*")):  # PNG and SVG
-            client.log_artifact(runs[0].info.run_id, str(sibling), artifact_path="figures")
+    try:
+        for path in paths:
+            for sibling in sorted(Path(path).parent.glob(Path(path).stem + ".*")):  # PNG, SVG
+                client.log_artifact(runs[0].info.run_id, str(sibling), artifact_path="figures")
+    except Exception as e:  # noqa: BLE001 - e.g. mlflow-artifacts:/ with no server
+        print(f"figures not logged to MLflow (artifact store {exp.artifact_location}: "
+              f"{type(e).__name__}: {str(e).splitlines()[0][:200]})", file=sys.stderr)
+        return None
     return runs[0].info.run_id
-

@@ -139,22 +139,29 @@ CASES = {
         ["resources.gpu: auto needs an estimate of a trial's memory", "allowed: a number"]),
     "gpu_memory_gb without gpu auto": (tiny(resources={"gpu": 1, "gpu_memory_gb": 80}), [],
                                        ["resources.gpu_memory_gb: only used with gpu: auto"]),
+    # other commands: (spec, flags, fragments, argv)
+    "sync of a folder with no sweep": (None, [], ["nowhere: no sweep here (no spec.yaml)"],
+                                       ["sync", "nowhere"]),
+    "status of a folder with no sweep": (None, [], ["nowhere: no sweep here (no spec.yaml)"],
+                                         ["status", "nowhere"]),
 }
 # Flag errors that are not about the spec's content need not name the spec file.
 FLAG_ONLY = {"unreachable --address", "malformed --address", "ray:// --address",
              "tracking server down", "--max-concurrent 0", "--max-concurrent not an int",
-             "--results is a file", "unknown flag"}
+             "--results is a file", "unknown flag", "sync of a folder with no sweep",
+             "status of a folder with no sweep"}
 
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     cases = []
-    for case, (spec, flags, _) in CASES.items():
+    for case, (spec, flags, _, *argv) in CASES.items():
         cwd = tmp_path_factory.mktemp("bad")
         if spec is not None:
             text = spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False)
             (cwd / "bad.yaml").write_text(text)
-        cases.append({"id": case, "cwd": str(cwd), "argv": ["sweep", "bad.yaml", *flags]})
+        argv = argv[0] if argv else ["sweep", "bad.yaml", *flags]
+        cases.append({"id": case, "cwd": str(cwd), "argv": argv})
     done = subprocess.run([sys.executable, "-c", HARNESS], input=json.dumps(cases),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

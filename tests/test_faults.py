@@ -18,10 +18,12 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pandas as pd
-import pyarrow.parquet as pq
 import pytest
 from conftest import _processes, descendants, wait_for, write_spec
 from mlflow.tracking import MlflowClient
+
+from analysis import load
+from sweeps.results import read_statuses
 
 pytestmark = pytest.mark.slow
 
@@ -39,8 +41,8 @@ CORE = ("raylet/raylet ", "gcs_server ", "ImplicitFunc")  # command lines of a l
 
 
 def n_rows(sweep_dir: Path) -> int:
-    path = sweep_dir / "trials.parquet"
-    return pq.read_metadata(path).num_rows if path.exists() else 0  # replaced atomically
+    """Trials recorded so far: trials.parquet plus the parts appended since its compaction."""
+    return len(read_statuses(sweep_dir))
 
 
 class Cli:
@@ -117,9 +119,9 @@ def mlflow_runs(results: Path, name: str) -> list:
 
 def finished_state(sweep_dir: Path) -> dict:
     """trial_id -> (wall_s, curve file mtime): changes if a finished trial runs again."""
-    if not (sweep_dir / "trials.parquet").exists():
+    trials = load.trials(sweep_dir, latest=False)
+    if trials.empty:
         return {}
-    trials = pd.read_parquet(sweep_dir / "trials.parquet")
     return {t: (w, (sweep_dir / "curves" / f"{t}.parquet").stat().st_mtime_ns)
             for t, w in zip(trials.trial_id, trials.wall_s)}
 
@@ -135,8 +137,7 @@ def test_worker_node_killed_mid_sweep_trials_are_retried_and_recorded_once(tmp_p
     def worker_busy():
         table = _processes()
         on_worker = [p for p in descendants(raylet, table) if "ImplicitFunc.train" in table[p][1]]
-        recorded = pd.read_parquet(sweep_dir / "trials.parquet").node.tolist() \
-            if n_rows(sweep_dir) else []
+        recorded = load.trials(sweep_dir, latest=False).get("node", pd.Series()).tolist()
         return on_worker and worker not in recorded
 
     wait_for(worker_busy, "a trial running on the worker node")
@@ -194,9 +195,11 @@ def test_driver_sigkilled_at_several_points_then_rerun_loses_and_repeats_nothing
 
     runs = {r.info.run_id: r for r in mlflow_runs(results, "killed")}
     assert not [r for r in runs.values() if r.info.status == "RUNNING"]
-    # Left open: KILLED, unless its trial had reached trials.parquet (then closed as FINISHED).
+    # Left open: KILLED, unless its trial had reached trials.parquet: then closed FINISHED if
+    # its final status had reached MLflow too, else KILLED and logged again from Parquet (sync).
     assert {runs[r].info.status for r, done in left_open.items() if not done} == {"KILLED"}
-    assert {runs[r].info.status for r, done in left_open.items() if done} <= {"FINISHED"}
+    assert {runs[r].info.status for r, done in left_open.items() if done} <= {"FINISHED",
+                                                                               "KILLED"}
     trial_runs = [r for r in runs.values() if r.data.tags["kind"] == "trial"]
     finished_ids = [r.data.tags["trial_id"] for r in trial_runs if r.info.status == "FINISHED"]
     assert sorted(finished_ids) == sorted(trials.trial_id)  # exactly one FINISHED per trial
@@ -255,18 +258,80 @@ def test_runs_a_dead_driver_left_open_close_by_what_reached_parquet(tmp_path):
 
     trials = specs.load(write_spec(tmp_path, spec("window", 3, epochs=1))).trials
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    dead = Tracker(uri, "window")
+    dead = Tracker(uri, "window", tmp_path / "window")
     dead.open_launch({"experiment": "classify", "trial_ids": [], "seeds": [0], "grid": {}}, 3, 0)
     for t in trials:
-        dead.start_trial(t)
+        dead.start_trial(t.trial_id, t.label, t.config)
     row = {"status": "ok", "node": "n", "error": None, "wall_s": 1.0, "step": 5}
-    dead.log_final(trials[0].trial_id, row, {}, None)  # then its Parquet row; then SIGKILL
-    dead.log_final(trials[1].trial_id, row, {}, None)  # SIGKILL before its Parquet row
+    dead.log_final(trials[0].trial_id, row, {}, None, [])  # then its Parquet row; then SIGKILL
+    dead.log_final(trials[1].trial_id, row, {}, None, [])  # SIGKILL before its Parquet row
     # trials[2]: an earlier attempt failed (in Parquet), this one (--rerun-failed) was in flight
     recorded = {trials[0].trial_id: "ok", trials[2].trial_id: "failed"}
 
-    assert Tracker(uri, "window").close_stale(recorded) == (3, 1)  # launch + 2 killed, 1 closed
+    other = Tracker(uri, "window", tmp_path / "elsewhere")  # same server, other results root
+    assert other.close_stale(recorded) == (0, 0)  # not its runs: it never closes them
+    assert Tracker(uri, "window", tmp_path / "window").close_stale(recorded) == (3, 1)  # launch + 2 killed, 1 closed
     runs = {r.data.tags.get("trial_id", "launch"): r.info.status
             for r in mlflow_runs(tmp_path, "window")}
     assert runs == {trials[0].trial_id: "FINISHED", trials[1].trial_id: "KILLED",
                     trials[2].trial_id: "KILLED", "launch": "KILLED"}
+
+
+def _mlflow_server(db: Path, port: int) -> subprocess.Popen:
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{db}",
+         "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--artifacts-destination", str(db.parent / "artifacts")],
+        cwd=db.parent, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True)
+    wait_for(lambda: _healthy(port) or server.poll() is not None, "mlflow server to answer")
+    assert server.poll() is None, "mlflow server did not start"
+    return server
+
+
+def _healthy(port: int) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+def _stop(server: subprocess.Popen):
+    _kill([*descendants(server.pid), server.pid])
+    server.wait()
+
+
+def test_an_mlflow_server_gone_mid_sweep_costs_no_trial_and_sync_restores_its_runs(tmp_path):
+    from conftest import free_port, sam_lab
+
+    port, db = free_port(), tmp_path / "server" / "mlflow.db"
+    db.parent.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    write_spec(tmp_path, spec("outage", 4, epochs=60), "outage.yaml")
+    sweep_dir = tmp_path / "results" / "outage"
+    server = _mlflow_server(db, port)
+    try:
+        cli = Cli(tmp_path, "outage.yaml", "--tracking-uri", uri, "--max-concurrent", "2")
+        wait_for(lambda: n_rows(sweep_dir) >= 1 or cli.proc.poll() is not None, "a trial")
+        _stop(server)  # the server goes away with trials in flight
+        done = cli.wait()
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "sam-lab sync" in done.stdout
+        trials = pd.read_parquet(sweep_dir / "trials.parquet")
+        assert len(trials) == 4 and (trials.status == "ok").all()  # no trial lost to it
+
+        server = _mlflow_server(db, port)  # back
+        synced = sam_lab("sync", str(sweep_dir), "--tracking-uri", uri, cwd=tmp_path)
+        assert synced.returncode == 0, synced.stdout + synced.stderr
+        client = MlflowClient(uri)
+        runs = client.search_runs([client.get_experiment_by_name("outage").experiment_id],
+                                  "tags.kind = 'trial'", max_results=1000)
+        finished = sorted(r.data.tags["trial_id"] for r in runs if r.info.status == "FINISHED")
+        assert finished == sorted(trials.trial_id)  # one FINISHED run per trial
+        assert not [r for r in runs if r.info.status == "RUNNING"]
+    finally:
+        _stop(server)

@@ -6,6 +6,8 @@ Both nodes run on this machine with 1 CPU each (own --temp-dir, own token), so t
 
 from __future__ import annotations
 
+import re
+
 import pandas as pd
 import pytest
 from conftest import RayNodes, sam_lab, write_spec
@@ -34,22 +36,16 @@ def test_trials_run_on_both_nodes(tmp_path, ray_nodes):
     assert set(trials.node) == {ray_nodes.node_id("head"), ray_nodes.node_id("worker")}
 
 
-def _most_at_once(runs) -> int:
-    """The largest number of MLflow trial runs open at one instant."""
-    events = sorted([(r.info.start_time, 1) for r in runs] + [(r.info.end_time, -1) for r in runs])
-    open_now = most = 0
-    for _, change in events:
-        open_now += change
-        most = max(most, open_now)
-    return most
+def _most_at_once(stdout: str) -> int:
+    """The most trials running at once, from the driver's line per finished trial (which
+    counts the others still running; MLflow's run times lag behind, being logged off-line)."""
+    return 1 + max(int(n) for n in re.findall(r"(\d+) running", stdout))
 
 
 def test_gpu_auto_shares_one_gpu_between_small_trials(tmp_path):
     """`gpu: auto` asks each trial for a share sized from its model (1/16 for these MLPs), so
     several run on one GPU at once; `gpu: 1` runs them one at a time. The head offers 1 GPU that
     does not exist: the trials train on the CPU, but Ray schedules them by the GPU request."""
-    from mlflow.tracking import MlflowClient
-
     head = RayNodes()
     try:
         head.start("head", cpus=2, gpus=1)
@@ -65,9 +61,7 @@ def test_gpu_auto_shares_one_gpu_between_small_trials(tmp_path):
             trials = pd.read_parquet(results / "shared" / "trials.parquet")
             assert (trials.status == "ok").all() and len(trials) == 4
             assert (trials.gpu_share == (1 / 16 if gpu == "auto" else 1.0)).all()
-            client = MlflowClient(f"sqlite:///{results / 'mlflow.db'}")
-            exp = client.get_experiment_by_name("shared")
-            most[gpu] = _most_at_once(client.search_runs([exp.experiment_id], "tags.kind = 'trial'"))
+            most[gpu] = _most_at_once(done.stdout)
     finally:
         head.stop()
     assert most[1] == 1 and most["auto"] >= 2, most
