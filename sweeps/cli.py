@@ -242,6 +242,7 @@ def sweep(args, argv) -> int:
     tracking.check_reachable(uri)
     check_address(args.address)
     from sweeps import launcher  # imports Ray: only once the input is known to be good
+    from sweeps.extend import plan as plan_extensions
     from sweeps.provenance import code_version
     from sweeps.results import compact
     from sweeps.sync import catch_up
@@ -270,10 +271,13 @@ def sweep(args, argv) -> int:
                           len(spec.trials) - len(todo))
         if len(todo) < len(spec.trials):
             print(f"skipping {len(spec.trials) - len(todo)} finished trials")
+        extends, notes = plan_extensions(spec, sweep_dir, todo)
+        for note in notes:
+            print(note)
         print(f"{counts} on {where}; MLflow: {uri}", flush=True)
         summary = launcher.run(spec, todo, results, background,
                                max_concurrent=args.max_concurrent, storage=args.storage,
-                               code_version=version)
+                               code_version=version, extends=extends)
         if summary.unfinished == 0:
             status = "FINISHED"
     except KeyboardInterrupt:

@@ -7,8 +7,11 @@ A spec is a study: `name` (the results folder and MLflow experiment), `experimen
 `sam_lab.trials`), `description`, `base` (config shared by all trials), `grid` (a cartesian
 product of config values; missing or {} = the base config alone), `seeds` (a list, or n meaning
 0..n-1), `resources` (per trial) and `failure_retries` (how often a trial lost to a dead worker or
-node is restarted), and `pack` with `pack_size` (train up to pack_size trials that differ only in
-the `pack` keys in one process, vmapped; see `Spec.units`).
+node is restarted), `pack` with `pack_size` (train up to pack_size trials that differ only in
+the `pack` keys in one process, vmapped; see `Spec.units`), `checkpoint_s` (seconds between a
+trial's checkpoints, from which a restarted trial resumes; 0 = none) and `keep` (final: each ok
+trial's weights and training state in RESULTS/NAME/weights; none). The last four say how trials
+run and what is kept, not what they compute: no trial_id depends on them.
 
 Everything is checked here, before Ray or MLflow start, and any problem is one `SpecError` line
 naming the file, the key and what is allowed.
@@ -41,7 +44,9 @@ from sam_lab.config import ConfigError, identity, parse
 EXECUTION_KEYS = frozenset({"threads", "device", "data_dir", "download"})
 REQUIRED = ("name", "experiment", "seeds")
 OPTIONAL = {"description": "", "base": {}, "grid": {}, "resources": {"cpu": 1, "gpu": 0},
-            "failure_retries": 2, "pack": None, "pack_size": 16}
+            "failure_retries": 2, "pack": None, "pack_size": 16, "checkpoint_s": 600,
+            "keep": "final"}
+KEEP = ("final", "none")
 RESOURCE_KEYS = ("cpu", "gpu", "gpu_memory_gb")
 MIN_GPU_SHARE = 1 / 16  # `gpu: auto` never packs more trials than this onto one GPU
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -82,6 +87,8 @@ class Spec:
     trials: list
     pack: tuple = ()  # config keys a pack's trials may differ in (seed first); () = no packing
     pack_size: int = 16
+    checkpoint_s: float = 600  # seconds between a trial's checkpoints; 0 = none
+    keep: str = "final"  # final: each ok trial's weights and state in RESULTS/NAME/weights
 
     @property
     def threads(self) -> int:
@@ -90,7 +97,7 @@ class Spec:
     def resolved(self) -> dict:
         """The spec as run (overrides applied, seeds expanded), plus the trial ids it expands to."""
         keys = ("name", "experiment", "description", "base", "grid", "seeds", "resources",
-                "failure_retries")
+                "failure_retries", "checkpoint_s", "keep")
         packing = {"pack": list(self.pack), "pack_size": self.pack_size} if self.pack else {}
         return {k: getattr(self, k) for k in keys} | packing | {
             "trial_ids": [t.trial_id for t in self.trials]}
@@ -229,6 +236,14 @@ def _seeds(path, value) -> list:
     return list(value)
 
 
+def _checkpoint_s(path, value) -> float:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0:
+        raise SpecError(f"{path}: checkpoint_s: got {value!r}; allowed: a number of seconds "
+                        ">= 0 (0 = no checkpoints)")
+    return value
+
+
 def _resources(path, value) -> dict:
     if not isinstance(value, dict):
         raise SpecError(f"{path}: resources: expected a mapping like {{cpu: 1, gpu: 0}}")
@@ -297,6 +312,12 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
         setted = parse_overrides(list(overrides))
     except SpecError as e:
         raise SpecError(f"{path}: {e}") from None
+    for key in ("checkpoint_s", "keep"):  # how trials run and what is kept: ids unchanged
+        if key in setted:
+            spec[key] = setted.pop(key)
+    checkpoint_s, keep = _checkpoint_s(path, spec["checkpoint_s"]), spec["keep"]
+    if keep not in KEEP:
+        raise SpecError(f"{path}: keep: got {keep!r}; allowed: {', '.join(KEEP)}")
     if "seeds" in setted:
         seeds = _seeds(f"{path}: --set", setted.pop("seeds"))
     if "resources" in setted:  # e.g. a GPU spec's tiny CPU variant: --set resources={gpu: 0}
@@ -358,7 +379,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> Spec:
     result = Spec(path=str(path), name=spec["name"], experiment=spec["experiment"],
                   description=(spec["description"] or "").strip(), base=base, grid=grid,
                   seeds=seeds, resources=resources, failure_retries=retries, trials=trials,
-                  pack=pack, pack_size=spec["pack_size"])
+                  pack=pack, pack_size=spec["pack_size"], checkpoint_s=checkpoint_s, keep=keep)
     if resources["gpu"] == "auto" and not hasattr(family, "gpu_memory"):
         raise SpecError(f"{path}: resources.gpu: auto needs an estimate of a trial's memory, "
                         f"which experiment {spec['experiment']} lacks; allowed: a number")
