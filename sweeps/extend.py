@@ -50,6 +50,7 @@ def plan(spec, sweep_dir, todo) -> tuple[dict, list[str]]:
     notes = [f"{n} trial{'s' if n > 1 else ''} train{'' if n > 1 else 's'} from scratch, not "
              f"extended from a shorter finished trial: {reason}" for reason, n in why_not.items()]
     if extends:
-        notes.insert(0, f"{len(extends)} trial{'s' if len(extends) > 1 else ''} extend a shorter "
-                        f"finished trial ({key})")
+        n = len(extends)
+        notes.insert(0, f"{n} trial{'s' if n > 1 else ''} extend{'' if n > 1 else 's'} a "
+                        f"shorter finished trial ({key}), going on from its final state")
     return extends, notes

@@ -1,0 +1,205 @@
+"""Trials that keep their state: resume bit-for-bit, keep weights, extend a finished trial."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import _processes, descendants, sam_lab, wait_for, write_spec
+
+from analysis import load
+from sam_lab import state as training_state
+from sam_lab.trials import classify, grokking
+from sweeps import extend, weights
+from sweeps import spec as specs
+from sweeps.results import Results
+
+GROK = {"modulus": 23, "train_fraction": 0.5, "width": 16, "depth": 1, "embed_dim": 8,
+        "batch_size": 64, "eval_points": 20, "threads": 1}
+
+
+def _drain(rows):
+    out = []
+    while True:
+        try:
+            out.append(next(rows))
+        except StopIteration as stop:
+            return out, stop.value
+
+
+def _run(family, config, state=None, stop_at=None):
+    """(rows, summary, final state); with stop_at, the state at the first safe point at or
+    after that step, as saved to disk and read back (rows and summary are then None)."""
+    taken = {}
+
+    def checkpoint(get_state):
+        taken["get"] = get_state
+        if stop_at is not None and get_state()["step"] >= stop_at:
+            raise KeyboardInterrupt
+
+    try:
+        rows, summary = _drain(family.run(config, state=state, checkpoint=checkpoint))
+    except KeyboardInterrupt:
+        return None, None, taken["get"]()
+    return rows, summary, taken["get"]()
+
+
+def _same_model(a: dict, b: dict) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("family, config, stop_at", [
+    (grokking, {**GROK, "steps": 240, "rho": 0.05, "grokfast": "ma", "grokfast_window": 5}, 97),
+    (classify, {"dataset": "digits", "n_train": 200, "width": 16, "epochs": 5, "threads": 1,
+                "optimizer": "adam", "grokfast": "ema"}, 6),
+], ids=["grokking-sam-minibatch-ma", "classify-adam-ema"])
+def test_a_run_resumed_from_a_saved_state_ends_bit_for_bit_where_an_uninterrupted_one_does(
+        tmp_path, family, config, stop_at):
+    rows, summary, final = _run(family, config)
+    _, _, midway = _run(family, config, stop_at=stop_at)
+    training_state.save(midway, tmp_path / "state.pt")  # through disk, weights_only on the way in
+    resumed = training_state.load(tmp_path / "state.pt")
+    assert 0 < resumed["step"] < final["step"]
+    rest, resumed_summary, resumed_final = _run(family, config, state=resumed)
+    assert rest == [r for r in rows if r["step"] > resumed["step"]]
+    assert _same_model(resumed_final["model"], final["model"])
+    drop = ("train_s",)  # wall time
+    assert {k: v for k, v in resumed_summary.items() if k not in drop} == \
+        {k: v for k, v in summary.items() if k not in drop}
+
+
+def test_spec_checkpoint_s_and_keep_are_checked_and_change_no_trial_id(tmp_path):
+    base = {"name": "k", "experiment": "grokking", "base": {"steps": 10}, "seeds": 2}
+    path = write_spec(tmp_path, base)
+    plain = specs.load(path)
+    assert (plain.checkpoint_s, plain.keep) == (600, "final")
+    tuned = specs.load(write_spec(tmp_path, {**base, "checkpoint_s": 0, "keep": "none"}, "t.yaml"))
+    assert (tuned.checkpoint_s, tuned.keep) == (0, "none")
+    assert [t.trial_id for t in tuned.trials] == [t.trial_id for t in plain.trials]
+    for bad, message in (({"checkpoint_s": -1}, "checkpoint_s: got -1"),
+                         ({"keep": "all"}, "keep: got 'all'; allowed: final, none")):
+        with pytest.raises(specs.SpecError, match=message):
+            specs.load(write_spec(tmp_path, {**base, **bad}, "bad.yaml"))
+
+
+def _finished(tmp_path, spec, tid_state=True) -> Path:
+    """A sweep folder where the spec's trials finished ok, with (optionally) their states."""
+    sweep_dir = tmp_path / "results" / spec.name
+    results = Results(sweep_dir, classify.Config)
+    for t in spec.trials:
+        results.record({"trial_id": t.trial_id, "sweep": spec.name, "experiment": "classify",
+                        "status": "ok", "error": None, "seed": t.seed, **t.config,
+                        "wall_s": 1.0}, [{"step": 1, "epoch": 1}])
+        if tid_state:
+            weights.state_path(sweep_dir, t.trial_id).parent.mkdir(parents=True, exist_ok=True)
+            training_state.save({"step": 1}, weights.state_path(sweep_dir, t.trial_id))
+    results.close()
+    return sweep_dir
+
+
+@pytest.mark.parametrize("schedule, extended", [("constant", True), ("cosine", False)])
+def test_a_longer_classify_trial_extends_a_finished_one_only_with_a_constant_schedule(
+        tmp_path, schedule, extended):
+    path = write_spec(tmp_path, {"name": "e", "experiment": "classify", "seeds": 1,
+                                 "base": {"dataset": "digits", "epochs": 2,
+                                          "schedule": schedule}})
+    sweep_dir = _finished(tmp_path, specs.load(path))
+    longer = specs.load(path, ["epochs=4"])
+    extends, notes = extend.plan(longer, sweep_dir, longer.trials)
+    parent = specs.load(path).trials[0].trial_id
+    if extended:
+        assert extends == {longer.trials[0].trial_id: parent}
+        assert notes == ["1 trial extends a shorter finished trial (epochs), going on from "
+                         "its final state"]
+    else:
+        assert extends == {}
+        assert notes == ["1 trial trains from scratch, not extended from a shorter finished "
+                         "trial: schedule cosine depends on the total epochs"]
+    shorter = specs.load(path, ["epochs=1"])  # shorter or equal: nothing to go on from
+    assert extend.plan(shorter, sweep_dir, shorter.trials) == ({}, [])
+
+
+def test_no_kept_state_means_training_from_scratch_with_a_reason(tmp_path):
+    path = write_spec(tmp_path, {"name": "n", "experiment": "classify", "seeds": 1,
+                                 "base": {"dataset": "digits", "epochs": 2}})
+    sweep_dir = _finished(tmp_path, specs.load(path), tid_state=False)
+    longer = specs.load(path, ["epochs=3"])
+    assert extend.plan(longer, sweep_dir, longer.trials) == ({}, [
+        "1 trial trains from scratch, not extended from a shorter finished trial: the shorter "
+        "trial's state was not kept (keep: none)"])
+
+
+def _checkpointed_step(storage: Path) -> int:
+    """The step of the newest complete checkpoint in Tune's storage (0: none yet)."""
+    best = 0
+    for path in storage.glob("*/*/checkpoint_*/state-0.pt"):
+        try:
+            best = max(best, training_state.load(path)["step"])
+        except Exception:  # noqa: BLE001 - still being copied
+            pass
+    return best
+
+
+@pytest.mark.slow
+def test_killed_worker_resumes_from_its_checkpoint_then_a_longer_run_extends_it(tmp_path):
+    """One trial: its worker is SIGKILLed past half its steps; Tune restarts it from its last
+    checkpoint, and it ends bit-for-bit where an uninterrupted run ends. Then the same spec
+    with twice the steps goes on from the kept final state and ends where a fresh run ends."""
+    steps = 1000
+    spec = {"name": "keep", "experiment": "grokking", "base": {**GROK, "steps": steps},
+            "seeds": [0], "checkpoint_s": 0.3, "resources": {"cpu": 1}}
+    spec["base"].pop("threads")
+    write_spec(tmp_path, spec, "keep.yaml")
+    storage = tmp_path / "storage"
+    script = Path(sys.executable).with_name("sam-lab")
+    with open(tmp_path / "out.txt", "w") as out:
+        proc = subprocess.Popen([str(script), "sweep", "keep.yaml", "--storage", str(storage)],
+                                cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT,
+                                env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                                start_new_session=True)
+    try:
+        seen = wait_for(lambda: (s := _checkpointed_step(storage)) > steps // 2 and s,
+                        "a checkpoint past half the steps", every=0.05)
+        table = _processes()
+        actors = [p for p in descendants(proc.pid, table) if "ImplicitFunc.train" in table[p][1]]
+        assert actors, "no trial worker to kill"
+        for pid in actors:
+            os.kill(pid, signal.SIGKILL)
+        assert proc.wait(300) == 0, (tmp_path / "out.txt").read_text()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    output = (tmp_path / "out.txt").read_text()
+    assert "retry" in output, output
+
+    sweep_dir = tmp_path / "results" / "keep"
+    row = load.trials(sweep_dir).iloc[0]
+    assert row.status == "ok"
+    # it went on from a checkpoint at least as late as the one seen before the kill, so less
+    # than half of the steps were trained twice
+    assert seen <= row.resumed_step < steps
+    config = {**GROK, "steps": steps, "seed": 0}
+    rows, _, final = _run(grokking, config)
+    curve = load.curves(sweep_dir).drop(columns="trial_id")
+    assert curve.to_dict("records") == rows  # no row lost or repeated
+    kept = training_state.load(weights.weights_path(sweep_dir, row.trial_id))
+    assert _same_model(kept, final["model"])
+
+    longer = sam_lab("sweep", "keep.yaml", "--set", f"steps={2 * steps}", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stdout + longer.stderr
+    assert "1 trial extends a shorter finished trial (steps)" in longer.stdout
+    trials = load.trials(sweep_dir).set_index("trial_id")
+    child = trials[trials.steps == 2 * steps].iloc[0]
+    assert child.extended_from == row.trial_id
+    fresh_rows, _, fresh_final = _run(grokking, {**config, "steps": 2 * steps})
+    child_curve = load.curves(sweep_dir, [child.name]).drop(columns="trial_id")
+    assert child_curve.step.tolist() == [r["step"] for r in rows] + [
+        r["step"] for r in fresh_rows if r["step"] > steps]  # the whole history
+    assert child_curve.to_dict("records")[-1] == fresh_rows[-1]
+    extended = training_state.load(weights.weights_path(sweep_dir, child.name))
+    assert _same_model(extended, fresh_final["model"])
