@@ -353,6 +353,15 @@ def gpu_memory(configs: list[dict]) -> int:
     return CUDA_CONTEXT + len(configs) * per_model
 
 
+def sharpness_of(config: dict, model_state: dict) -> dict:
+    """The sharpness columns of saved weights, measured as a trial with `measure_sharpness`
+    measures its final model (the trial's own data, the same subset and ball)."""
+    cfg = parse(ClassifyConfig, config)
+    data, model = setup(cfg)
+    model.load_state_dict(model_state)
+    return measure_sharpness(cfg, model, data)
+
+
 def measure_sharpness(cfg, model, data):
     from sam_lab import sharpness
 

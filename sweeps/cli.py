@@ -1,14 +1,16 @@
-"""`sam-lab`: sweep, status, plot, ui.
+"""`sam-lab`: sweep, status, plot, sync, measure, ui.
 
     sam-lab sweep sweeps/quickstart.yaml            # run (or resume: rerun the same command)
     sam-lab status results/quickstart               # ok / failed / lost / pending
     sam-lab plot results/quickstart                 # figures -> results/quickstart/figures
     sam-lab sync results/quickstart                 # MLflow runs rebuilt from Parquet
+    sam-lab measure results/quickstart --what sharpness   # re-analysis from saved weights
     sam-lab ui                                      # MLflow dashboard on 127.0.0.1:5000
 
 Exit codes: 0 done (failed trials are results, not errors), 2 bad input (one line on stderr,
-nothing written, Ray not even imported), 130 interrupted by Ctrl-C or SIGTERM (finished trials
-are saved), 1 a crash. Heavy imports (Ray, MLflow, torch, seaborn) happen inside the commands
+nothing written, Ray not even imported), 3 a missing or unreadable weight file (measure; one
+line, nothing measured), 130 interrupted by Ctrl-C or SIGTERM (finished trials are saved), 1 a
+crash. Heavy imports (Ray, MLflow, torch, seaborn) happen inside the commands
 that need them.
 """
 
@@ -79,6 +81,17 @@ def build_parser() -> Parser:
     pl.add_argument("--tracking-uri", help="MLflow store to log the figures to (default: "
                                            "RESULTS/mlflow.db if present)")
     pl.set_defaults(func=plot)
+
+    me = sub.add_parser("measure", help="measure finished trials again from their saved "
+                                        "weights -> RESULTS/NAME/measures.parquet")
+    me.add_argument("sweep_dir", help="RESULTS/NAME (run with keep: final)")
+    me.add_argument("--what", default="sharpness", help="what to measure (default: sharpness: "
+                                                        "lambda_max, hessian_trace, "
+                                                        "eps_sharpness)")
+    me.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                    help="only trials with this column value; repeatable")
+    me.add_argument("--address", help="join a Ray cluster (default: a local Ray)")
+    me.set_defaults(func=measure_command)
 
     ui = sub.add_parser("ui", help="the MLflow dashboard for a results folder")
     ui.add_argument("--results", default=DEFAULT_RESULTS)
@@ -405,6 +418,24 @@ def ui_command(args, argv) -> int:
                "--host", args.host, "--port", str(args.port), "--workers", "1"]
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     os.execv(sys.executable, command)
+
+
+def measure_command(args, argv) -> int:
+    """Exit 3 for a missing or unreadable weight file (a data fault): nothing is measured."""
+    from sweeps import measure
+
+    sweep_dir = Path(args.sweep_dir)
+    where = measure.parse_where(args.where)
+    measure.select(sweep_dir, args.what, where)  # bad flags: exit 2 before Ray starts
+    check_address(args.address)
+    try:
+        measured, present = measure.run(sweep_dir, args.what, where, args.address)
+    except measure.DataError as e:
+        print(f"sam-lab: error: {e}", file=sys.stderr)
+        return 3
+    print(f"{args.what}: {measured} trials measured, {present} already in "
+          f"{sweep_dir / measure.MEASURES}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

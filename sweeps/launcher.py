@@ -536,12 +536,14 @@ class Summary:
 
 
 def _with_absolute_paths(config: dict) -> dict:
-    """A relative data_dir means the launch directory's: Tune runs each trial in a folder of its
-    own. (data_dir says where, not what: the trial_id does not depend on it.)"""
-    path = config.get("data_dir")
-    if isinstance(path, str) and path and not os.path.isabs(path) and "://" not in path:
-        return {**config, "data_dir": os.path.abspath(path)}
-    return config
+    """A relative data_dir (or endpoint file) means the launch directory's: Tune runs each trial
+    in a folder of its own. (The trial_id was computed before, from the config as written.)"""
+    out = config
+    for key in ("data_dir", "endpoint_a", "endpoint_b"):
+        path = config.get(key)
+        if isinstance(path, str) and path and not os.path.isabs(path) and "://" not in path:
+            out = {**out, key: os.path.abspath(path)}
+    return out
 
 
 def _slots(spec) -> int:

@@ -15,7 +15,7 @@ from conftest import _processes, descendants, sam_lab, wait_for, write_spec
 from analysis import load
 from sam_lab import state as training_state
 from sam_lab.trials import classify, grokking
-from sweeps import extend, weights
+from sweeps import cli, extend, weights
 from sweeps import spec as specs
 from sweeps.results import Results
 
@@ -203,3 +203,77 @@ def test_killed_worker_resumes_from_its_checkpoint_then_a_longer_run_extends_it(
     assert child_curve.to_dict("records")[-1] == fresh_rows[-1]
     extended = training_state.load(weights.weights_path(sweep_dir, child.name))
     assert _same_model(extended, fresh_final["model"])
+
+
+@pytest.mark.slow
+def test_measure_from_kept_weights_matches_the_trials_own_measure_and_guards_bad_files(
+        tmp_path, one_thread, capsys):
+    """Two finished trials (with their in-trial sharpness) written as a sweep would; `measure`
+    gives the same numbers from the kept weights, is idempotent, and refuses a corrupt file."""
+    spec = specs.load(write_spec(tmp_path, {
+        "name": "m", "experiment": "grokking", "seeds": 2,
+        "base": {**{k: v for k, v in GROK.items() if k != "threads"}, "steps": 60,
+                 "measure_sharpness": True}}))
+    sweep_dir = tmp_path / "results" / "m"
+    results = Results(sweep_dir, grokking.Config)
+    results.write_spec(spec.resolved())
+    for t in spec.trials:
+        rows, summary, final = _run(grokking, t.config)
+        results.record({"trial_id": t.trial_id, "sweep": "m", "experiment": "grokking",
+                        "status": "ok", "error": None, "seed": t.seed, **t.config, **rows[-1],
+                        **summary, "wall_s": 1.0}, rows)
+        path = weights.weights_path(sweep_dir, t.trial_id)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        training_state.save(final["model"], path)
+    results.close()
+    trials = load.trials(sweep_dir).set_index("seed")
+
+    first = sam_lab("measure", "results/m", "--where", "seed=0", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    assert "1 trials measured, 0 already" in first.stdout
+    measures = tmp_path / "results" / "m" / "measures.parquet"
+    row = load.pd.read_parquet(measures).iloc[0]
+    assert row.trial_id == trials.loc[0, "trial_id"]
+    for key in ("lambda_max", "hessian_trace", "eps_sharpness"):
+        assert row[key] == trials.loc[0, key]  # bit-for-bit the trial's own measure
+    before = measures.read_bytes()
+
+    def measure(*flags):  # in process: these never start Ray
+        code = cli.main(["measure", str(sweep_dir), *flags])
+        out = capsys.readouterr()
+        return code, out.out, out.err
+
+    weights.weights_path(sweep_dir, trials.loc[1, "trial_id"]).write_bytes(b"not a torch file")
+    code, _, err = measure()
+    assert code == 3 and len(err.strip().splitlines()) == 1, err
+    assert "cannot be read" in err and "nothing measured" in err
+    weights.weights_path(sweep_dir, trials.loc[1, "trial_id"]).unlink()
+    code, _, err = measure()
+    assert code == 3 and "missing" in err, err
+    code, out, _ = measure("--where", "seed=0")
+    assert code == 0 and "0 trials measured, 1 already" in out
+    assert measures.read_bytes() == before  # nothing lost, nothing rewritten
+    for flags, message in ((["--what", "beauty"], "--what beauty: unknown"),
+                           (["--where", "width"], "expected KEY=VALUE")):
+        code, _, err = measure(*flags)
+        assert code == 2 and message in err, err
+
+
+def test_connect_endpoints_may_name_kept_weights_as_sweep_dir_hash_trial_id(tmp_path):
+    from sam_lab.config import ConfigError, parse
+    from sam_lab.trials import connect
+
+    sweep_dir = tmp_path / "results" / "dd"
+    ref = f"{sweep_dir}#abc123"
+    assert connect.endpoint_path(ref) == str(sweep_dir / "weights" / "abc123.pt")
+    with pytest.raises(ConfigError, match="was that sweep run with keep: final"):
+        parse(connect.Config, {"dataset": "digits", "endpoint_a": ref})
+    (sweep_dir / "weights").mkdir(parents=True)
+    torch.save({"w": torch.zeros(1)}, sweep_dir / "weights" / "abc123.pt")
+    cfg = parse(connect.Config, {"dataset": "digits", "endpoint_a": ref, "width": 8})
+    from sam_lab.train import setup
+
+    data, model = setup(cfg)
+    with pytest.raises(ValueError, match="do not fit this trial's model"):
+        connect._endpoint(cfg, model, data, 0, ref)
+

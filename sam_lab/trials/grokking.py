@@ -278,3 +278,22 @@ def run(config: dict, state: dict | None = None, checkpoint=None):
         train_acc=row["train_acc"],
         test_acc=row["test_acc"],
     )
+
+
+def sharpness_of(config: dict, model_state: dict) -> dict:
+    """lambda_max, hessian_trace and eps_sharpness of saved weights, measured as a trial with
+    `measure_sharpness` measures its final model (same pairs, same ball)."""
+    from sam_lab import sharpness
+
+    cfg = parse(Config, config)
+    torch.set_num_threads(cfg.threads)
+    pairs, labels = make_pairs(cfg.operation, cfg.modulus)
+    train_idx, _ = split(len(labels), cfg.train_fraction, cfg.seed)
+    is_train = torch.zeros(len(labels), dtype=torch.bool)
+    is_train[train_idx] = True
+    model = build_model(cfg)
+    model.load_state_dict(model_state)
+    x_train, y_train = pairs[is_train], labels[is_train]
+    return sharpness.measure(model, F.cross_entropy, x_train[:2000], y_train[:2000],
+                             rho=cfg.sharpness_rho, p=cfg.sam_p)
+
