@@ -8,14 +8,23 @@ its `run_packed` over a unit of trials), reports rows per evaluation point, and 
 raised by the science code into a final `failed` report, so a deterministic failure is recorded
 once and never retried. Each Ray trial asks for the spec's CPUs and its unit's GPU share. A lost
 worker or node, an actor that never starts and CUDA out of memory are infrastructure failures:
-Tune restarts the trial up to `failure_retries` times (the partial curve and MLflow run are
-dropped), then it is recorded `lost`, and the next launch runs it again.
+Tune restarts the trial up to `failure_retries` times, then it is recorded `lost`, and the next
+launch runs it again.
+
+State (sam_lab.state): a family whose `run` takes `state` and `checkpoint` hands out its training
+state at safe points; every `checkpoint_s` seconds the worker reports it as a Tune checkpoint
+with the rows so far, and a restarted trial goes on from its last one (`tune.get_checkpoint()`;
+the driver keeps the curve rows that checkpoint covers, drops the rest and the MLflow run). With
+`keep: final` the last report carries the final weights and state as a checkpoint, which the
+driver copies to RESULTS/NAME/weights (sweeps.weights) before it records the trial. A trial that
+extends a shorter finished one (sweeps.extend) starts from that one's kept state. Packed units
+are not checkpointed and keep no weights yet.
 
 Tune gets its trials from `UnitFeeder`, one unit when it asks, so the driver's cost per trial
 does not grow with the sweep. The driver-side `Recorder` callback hands each finished trial to
 the Parquet writer and its MLflow calls to a background thread. Tune's own storage is a temp
-folder (or --storage for a multi-node cluster), deleted afterwards: trials.parquet is the only
-state a resume needs.
+folder (or --storage for a multi-node cluster, where checkpoints must be seen by every node),
+deleted afterwards: trials.parquet (and the kept weights) is the only state a new launch needs.
 """
 
 from __future__ import annotations
