@@ -18,7 +18,7 @@ the driver keeps the curve rows that checkpoint covers, drops the rest and the M
 `keep: final` the last report carries the final weights and state as a checkpoint, which the
 driver copies to RESULTS/NAME/weights (sweeps.weights) before it records the trial. A trial that
 extends a shorter finished one (sweeps.extend) starts from that one's kept state. Packed units
-are not checkpointed and keep no weights yet.
+are not checkpointed; they keep each member's final weights (no training state to extend).
 
 Tune gets its trials from `UnitFeeder`, one unit when it asks, so the driver's cost per trial
 does not grow with the sweep. The driver-side `Recorder` callback hands each finished trial to
@@ -247,8 +247,9 @@ def run_trial(params: dict):
     saves = resumable(family) and not unit["packed"]
     reporter = Checkpoints(unit["checkpoint_s"] if saves else 0)
     resumed_step = None
-    if unit["packed"]:
-        rows = family.run_packed(configs)
+    if unit["packed"]:  # no checkpoints; the final weights of each member
+        takes = "checkpoint" in inspect.signature(family.run_packed).parameters
+        rows = family.run_packed(configs, **({"checkpoint": reporter.offer} if takes else {}))
     elif saves:
         state, resumed_step = _start_state(unit)
         rows = _single(family.run(configs[0], state=state, checkpoint=reporter.offer))
@@ -284,9 +285,13 @@ def run_trial(params: dict):
     finals = [f | {"wall_s": wall_s, "summary": f["summary"] | extra,
                    "resumed_step": resumed_step} for f in finals]
     files = {}
-    if unit["keep"] == "final" and reporter.get_state is not None and finals[0]["status"] == "ok":
-        state = reporter.get_state()
-        files = {"state-0.pt": state, "weights-0.pt": state["model"]}
+    if unit["keep"] == "final" and reporter.get_state is not None:
+        states = reporter.get_state()
+        if not unit["packed"]:
+            files = {"state-0.pt": states} if finals[0]["status"] == "ok" else {}
+            states = [states]
+        files |= {f"weights-{k}.pt": s["model"] for k, s in enumerate(states)
+                  if finals[k]["status"] == "ok"}
     reporter.report({"finals": finals}, files)
 
 

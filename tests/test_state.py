@@ -277,3 +277,20 @@ def test_connect_endpoints_may_name_kept_weights_as_sweep_dir_hash_trial_id(tmp_
     with pytest.raises(ValueError, match="do not fit this trial's model"):
         connect._endpoint(cfg, model, data, 0, ref)
 
+
+
+def test_a_packs_members_hand_out_their_own_final_weights(one_thread):
+    from sam_lab.train import evaluate, setup
+
+    configs = [{"dataset": "digits", "n_train": 200, "width": 8, "epochs": 2, "seed": s,
+                "threads": 1} for s in (0, 1)]
+    taken = {}
+    rows, _ = _drain(classify.run_packed(configs, checkpoint=lambda get: taken.update(get=get)))
+    states = taken["get"]()
+    assert len(states) == 2 and not _same_model(states[0]["model"], states[1]["model"])
+    for k, config in enumerate(configs):
+        data, model = setup(classify.Config(**config))
+        model.load_state_dict(states[k]["model"])
+        last = [row for j, row in rows if j == k][-1]
+        loss, acc = evaluate(model, data.x_test, data.y_test)  # one model, not vmapped:
+        assert (loss, acc) == (pytest.approx(last["test_loss"], rel=1e-5), last["test_acc"])
