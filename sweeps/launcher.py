@@ -145,6 +145,12 @@ def _single(rows):
         yield 0, row
 
 
+def _raises(error: BaseException):
+    """A generator that fails at once (where the science code would)."""
+    raise error
+    yield
+
+
 def _failed(error: BaseException, node: str, trace: str | None) -> dict:
     return {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": trace,
             "summary": {}, "node": node}
@@ -226,7 +232,13 @@ def _start_state(unit: dict):
         return state, state["step"]
     parent = unit["members"][0].get("extend_from")
     if parent:
-        return training_state.load(parent["path"]), None
+        try:
+            return training_state.load(parent["path"]), None
+        except Exception as e:  # noqa: BLE001 - e.g. RESULTS not shared with this node
+            raise ValueError(f"cannot read {parent['path']}, the state of {parent['trial_id']} "
+                             f"to extend: {type(e).__name__}: {str(e).splitlines()[0][:200]} "
+                             "(on a cluster RESULTS must be on a file system every node "
+                             "mounts)") from None
     return None, None
 
 
@@ -251,8 +263,11 @@ def run_trial(params: dict):
         takes = "checkpoint" in inspect.signature(family.run_packed).parameters
         rows = family.run_packed(configs, **({"checkpoint": reporter.offer} if takes else {}))
     elif saves:
-        state, resumed_step = _start_state(unit)
-        rows = _single(family.run(configs[0], state=state, checkpoint=reporter.offer))
+        try:
+            state, resumed_step = _start_state(unit)
+            rows = _single(family.run(configs[0], state=state, checkpoint=reporter.offer))
+        except ValueError as e:  # a kept state that cannot be read: the trial's own failure
+            rows = _raises(e)
     else:
         rows = _single(family.run(configs[0]))
     summaries, failure = None, None
