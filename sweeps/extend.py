@@ -38,6 +38,8 @@ def plan(spec, sweep_dir, todo) -> tuple[dict, list[str]]:
             if parent not in done:
                 continue
             reason = family.extendable(trial.config)
+            if reason is None and spec.pack:
+                reason = "packed trials (pack) keep no training state to go on from"
             if reason is None and done[parent].get("early_stopped"):
                 reason = "the shorter trial stopped early"
             if reason is None and not weights.state_path(sweep_dir, parent).exists():

@@ -513,10 +513,13 @@ class Recorder(tune.Callback):
             row.setdefault(key, value)  # config values win over same-named metrics (lr)
         row |= {"wall_s": final["wall_s"], "node": final["node"],
                 "gpu_share": self.gpu_shares[tid], "code_version": self.code_version}
+        state = {}  # also in MLflow (a metric, a tag) through the summary
         if final.get("resumed_step") is not None:  # restarted from a checkpoint at this step
-            row["resumed_step"] = final["resumed_step"]
+            state["resumed_step"] = final["resumed_step"]
         if tid in self.extends:
-            row["extended_from"] = self.extends[tid]
+            state["extended_from"] = self.extends[tid]
+        row |= state
+        summary = summary | state
         # MLflow's final tags, then Parquet, then the run's end: a driver killed in between
         # leaves a RUNNING run that the next launch can tell finished (Tracker.close_stale).
         self.tracker.submit("log_final", tid, tid, row, summary, trace, curve)
