@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from sam_lab import data as datasets
 from sam_lab import models
+from sam_lab import state as training_state
 from sam_lab.config import ConfigError, field, parse
 from sam_lab.grokfast import KINDS as GROKFAST_KINDS
 from sam_lab.grokfast import GradFilter
@@ -262,8 +263,17 @@ def metrics(model, data, step, epoch, lr):
                 test_loss=test_loss, test_acc=test_acc, lr=lr)
 
 
-def classify(config: dict):
-    """Train a classifier; yield metrics at epoch 0 and every `eval_every` epochs (and the last)."""
+def extendable(config: dict) -> str | None:
+    """Why a longer `epochs` cannot go on from this config's final state (None: it can)."""
+    if config["schedule"] != "constant":
+        return f"schedule {config['schedule']} depends on the total epochs"
+    return None
+
+
+def classify(config: dict, state: dict | None = None, checkpoint=None):
+    """Train a classifier; yield metrics at epoch 0 and every `eval_every` epochs (and the last).
+    `state` / `checkpoint`: resume from a saved state and hand out the state after every epoch
+    (sam_lab.state)."""
     cfg = parse(ClassifyConfig, config)
     start = time.perf_counter()
     data, model = setup(cfg)
@@ -272,9 +282,27 @@ def classify(config: dict):
     per_epoch = steps_per_epoch(len(data.y_train), cfg.batch_size)
     scheduler = make_scheduler(cfg, opt, per_epoch * cfg.epochs)
     generator = torch.Generator().manual_seed(cfg.seed)
-    step = 0
-    yield metrics(model, data, step, 0, opt.param_groups[0]["lr"])
-    for epoch in range(1, cfg.epochs + 1):
+    step = epoch = done = 0
+    if state is None:
+        yield metrics(model, data, step, 0, opt.param_groups[0]["lr"])
+    else:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if scheduler is not None:
+            scheduler.load_state_dict(state["scheduler"])
+        training_state.load_filter_state(grad_filter, state["grokfast"])
+        training_state.set_rng_state(state["rng"], generator)
+        step, done = state["step"], state["epoch"]
+        epoch = done
+
+    def get_state() -> dict:
+        return {"step": step, "epoch": epoch, "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": None if scheduler is None else scheduler.state_dict(),
+                "grokfast": training_state.filter_state(grad_filter),
+                "rng": training_state.rng_state(generator)}
+
+    for epoch in range(done + 1, cfg.epochs + 1):
         loss_sum, steps = train_epoch(model, opt, data.x_train, data.y_train, cfg.batch_size,
                                       generator, scheduler, cfg.grad_clip, cfg.amp == "bf16",
                                       sam_m=cfg.sam_m, grad_filter=grad_filter)
@@ -284,6 +312,10 @@ def classify(config: dict):
                                      f"(step {step}); lower lr or rho")
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             yield metrics(model, data, step, epoch, opt.param_groups[0]["lr"])
+        if checkpoint is not None:  # a safe point: this epoch and its row are done
+            checkpoint(get_state)
+    if checkpoint is not None:  # the final state, also after a resume that had nothing left
+        checkpoint(get_state)
     summary = dict(n_params=models.count_params(model), train_s=time.perf_counter() - start)
     if cfg.measure_sharpness:
         summary.update(measure_sharpness(cfg, model, data))
@@ -319,6 +351,15 @@ def gpu_memory(configs: list[dict]) -> int:
     data = (n_train + n_test) * (math.prod(shape) + 2)  # float32 inputs, int64 labels
     per_model = 4 * (copies * models.count_params(model) + activations + data)
     return CUDA_CONTEXT + len(configs) * per_model
+
+
+def sharpness_of(config: dict, model_state: dict) -> dict:
+    """The sharpness columns of saved weights, measured as a trial with `measure_sharpness`
+    measures its final model (the trial's own data, the same subset and ball)."""
+    cfg = parse(ClassifyConfig, config)
+    data, model = setup(cfg)
+    model.load_state_dict(model_state)
+    return measure_sharpness(cfg, model, data)
 
 
 def measure_sharpness(cfg, model, data):

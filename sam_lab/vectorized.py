@@ -207,9 +207,10 @@ def packed_metrics(packed, x_train, y_train, x_test, y_test, step, epoch, lr):
             for k in range(len(train_loss))]
 
 
-def classify_packed(configs: list[dict]):
+def classify_packed(configs: list[dict], checkpoint=None):
     """`classify` for K configs differing only in seed and rho. Yields (k, row); returns K
-    summaries (see the module docstring)."""
+    summaries (see the module docstring). `checkpoint(get_states)` is called once, after
+    training: get_states() gives each model's final {"model": state_dict} (no resume state)."""
     cfgs = [parse(train.ClassifyConfig, c) for c in configs]
     check_packable(cfgs)
     cfg = cfgs[0]
@@ -303,6 +304,10 @@ def classify_packed(configs: list[dict]):
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             yield from emit(packed_metrics(packed, x_train, y_train, x_test, y_test, step, epoch,
                                            opt.param_groups[0]["lr"]))
+    if checkpoint is not None:
+        checkpoint(lambda: [{"model": {k: v.clone() for k, v in
+                                       packed.load_into(i, module).state_dict().items()}}
+                            for i, module in enumerate(modules)])
     share = (time.perf_counter() - start) / k_models
     summaries = []
     for k, (c, data, module) in enumerate(zip(cfgs, datas, modules)):

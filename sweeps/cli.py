@@ -1,15 +1,17 @@
-"""`sam-lab`: sweep, status, plot, ui.
+"""`sam-lab`: sweep, status, plot, sync, measure, ui.
 
     sam-lab sweep sweeps/quickstart.yaml            # run (or resume: rerun the same command)
     sam-lab status results/quickstart               # ok / failed / lost / pending
     sam-lab plot results/quickstart                 # figures -> results/quickstart/figures
     sam-lab sync results/quickstart                 # MLflow runs rebuilt from Parquet
+    sam-lab measure results/quickstart --what sharpness   # re-analysis from saved weights
     sam-lab ui                                      # MLflow dashboard on 127.0.0.1:5000
 
 Exit codes: 0 done (failed trials are results, not errors), 2 bad input (one line on stderr,
 nothing written, Ray not even imported), 3 an environment fault (a full or read-only disk, a
-locked or corrupt mlflow.db or results file, a busy port: one line naming it), 130 interrupted
-by Ctrl-C or SIGTERM (finished trials are saved), 1 a crash. Heavy imports (Ray, MLflow, torch, seaborn) happen inside the commands
+locked or corrupt mlflow.db or results file, a busy port, a missing or unreadable weight file for
+measure: one line naming it), 130 interrupted by Ctrl-C or SIGTERM (finished trials are saved),
+1 a crash. Heavy imports (Ray, MLflow, torch, seaborn) happen inside the commands
 that need them.
 """
 
@@ -84,6 +86,17 @@ def build_parser() -> Parser:
     pl.add_argument("--tracking-uri", help="MLflow store to log the figures to (default: "
                                            "RESULTS/mlflow.db if present)")
     pl.set_defaults(func=plot)
+
+    me = sub.add_parser("measure", help="measure finished trials again from their saved "
+                                        "weights -> RESULTS/NAME/measures.parquet")
+    me.add_argument("sweep_dir", help="RESULTS/NAME (run with keep: final)")
+    me.add_argument("--what", default="sharpness", help="what to measure (default: sharpness: "
+                                                        "lambda_max, hessian_trace, "
+                                                        "eps_sharpness)")
+    me.add_argument("--where", action="append", default=[], metavar="KEY=VALUE",
+                    help="only trials with this column value; repeatable")
+    me.add_argument("--address", help="join a Ray cluster (default: a local Ray)")
+    me.set_defaults(func=measure_command)
 
     ui = sub.add_parser("ui", help="the MLflow dashboard for a results folder")
     ui.add_argument("--results", default=DEFAULT_RESULTS)
@@ -288,6 +301,7 @@ def sweep(args, argv) -> int:
     if args.address is None:
         loopback_ray()
     from sweeps import launcher  # imports Ray: only once the input is known to be good
+    from sweeps.extend import plan as plan_extensions
     from sweeps.provenance import code_version
     from sweeps.results import compact
     from sweeps.sync import catch_up
@@ -317,20 +331,25 @@ def sweep(args, argv) -> int:
                           len(spec.trials) - len(todo))
         if len(todo) < len(spec.trials):
             print(f"skipping {len(spec.trials) - len(todo)} finished trials")
+        extends, notes = plan_extensions(spec, sweep_dir, todo)
+        for note in notes:
+            print(note)
         print(f"{counts} on {where}; MLflow: {uri}", flush=True)
         summary = launcher.run(spec, todo, results, background,
                                max_concurrent=args.max_concurrent, storage=args.storage,
-                               code_version=version)
+                               code_version=version, extends=extends)
         while spec.refine is not None and summary.unfinished == 0:  # the next round, if any
             results.close()  # on disk: the round's results decide the next one
             todo, counts = _plan(spec, read_statuses(sweep_dir), args.rerun_failed, sweep_dir)
             if not todo:
                 break
             results.write_spec(spec.resolved())
-            print(counts, flush=True)
+            extends, notes = plan_extensions(spec, sweep_dir, todo)
+            print("\n".join([*notes, counts]), flush=True)
             summary = summary + launcher.run(spec, todo, results, background,
                                              max_concurrent=args.max_concurrent,
-                                             storage=args.storage, code_version=version)
+                                             storage=args.storage, code_version=version,
+                                             extends=extends)
         if summary.unfinished == 0:
             status = "FINISHED"
     except KeyboardInterrupt:
@@ -514,6 +533,26 @@ def _experiments(db: Path) -> list[tuple[str, str]]:
 
 def _one_line(e: BaseException) -> str:
     return " ".join(str(e).split()) or type(e).__name__
+
+
+def measure_command(args, argv) -> int:
+    """Exit 3 for a missing or unreadable weight file (a data fault): nothing is measured."""
+    if args.address is None:
+        loopback_ray()
+    from sweeps import measure
+
+    sweep_dir = Path(args.sweep_dir)
+    where = measure.parse_where(args.where)
+    measure.select(sweep_dir, args.what, where)  # bad flags: exit 2 before Ray starts
+    check_address(args.address)
+    try:
+        measured, present = measure.run(sweep_dir, args.what, where, args.address)
+    except measure.DataError as e:
+        print(f"sam-lab: error: {e}", file=sys.stderr)
+        return 3
+    print(f"{args.what}: {measured} trials measured, {present} already in "
+          f"{sweep_dir / measure.MEASURES}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,19 +8,29 @@ its `run_packed` over a unit of trials), reports rows per evaluation point, and 
 raised by the science code into a final `failed` report, so a deterministic failure is recorded
 once and never retried. Each Ray trial asks for the spec's CPUs and its unit's GPU share. A lost
 worker or node, an actor that never starts and CUDA out of memory are infrastructure failures:
-Tune restarts the trial up to `failure_retries` times (the partial curve and MLflow run are
-dropped), then it is recorded `lost`, and the next launch runs it again.
+Tune restarts the trial up to `failure_retries` times, then it is recorded `lost`, and the next
+launch runs it again.
+
+State (sam_lab.state): a family whose `run` takes `state` and `checkpoint` hands out its training
+state at safe points; every `checkpoint_s` seconds the worker reports it as a Tune checkpoint
+with the rows so far, and a restarted trial goes on from its last one (`tune.get_checkpoint()`;
+the driver keeps the curve rows that checkpoint covers, drops the rest and the MLflow run). With
+`keep: final` the last report carries the final weights and state as a checkpoint, which the
+driver copies to RESULTS/NAME/weights (sweeps.weights) before it records the trial. A trial that
+extends a shorter finished one (sweeps.extend) starts from that one's kept state. Packed units
+are not checkpointed; they keep each member's final weights (no training state to extend).
 
 Tune gets its trials from `UnitFeeder`, one unit when it asks, so the driver's cost per trial
 does not grow with the sweep. The driver-side `Recorder` callback hands each finished trial to
 the Parquet writer and its MLflow calls to a background thread. Tune's own storage is a temp
-folder (or --storage for a multi-node cluster), deleted afterwards: trials.parquet is the only
-state a resume needs.
+folder (or --storage for a multi-node cluster, where checkpoints must be seen by every node),
+deleted afterwards: trials.parquet (and the kept weights) is the only state a new launch needs.
 """
 
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import os
 import shutil
@@ -33,6 +43,9 @@ from dataclasses import dataclass
 
 os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")  # no per-trial json/csv/tfevents
 os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")  # with verbose=0: Tune prints nothing
+# num_to_keep=1 makes Tune snapshot its experiment state after each checkpoint, and warn when
+# that happens often (tiny checkpoint_s); the snapshot is what a checkpoint costs the driver.
+os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
 
 import ray  # noqa: E402
 from ray import tune  # noqa: E402
@@ -41,6 +54,7 @@ from ray.tune.schedulers import FIFOScheduler  # noqa: E402
 from ray.tune.search import Searcher  # noqa: E402
 
 from sam_lab import trials as families  # noqa: E402
+from sweeps import weights  # noqa: E402
 from sweeps.spec import MIN_GPU_SHARE, InputError, gpu_share  # noqa: E402
 
 # Our progress lines replace Tune's: its restore hints, interrupt warnings and tracebacks of lost
@@ -133,6 +147,12 @@ def _single(rows):
         yield 0, row
 
 
+def _raises(error: BaseException):
+    """A generator that fails at once (where the science code would)."""
+    raise error
+    yield
+
+
 def _failed(error: BaseException, node: str, trace: str | None) -> dict:
     return {"status": "failed", "error": f"{type(error).__name__}: {error}", "traceback": trace,
             "summary": {}, "node": node}
@@ -150,11 +170,86 @@ def _final(summary, node: str) -> dict:
             "summary": _clean(summary or {}, "returned")}
 
 
+class _TuneError(BaseException):
+    """Tune's own exception raised inside the science code's frame (a checkpoint report): it
+    must reach Tune, not be recorded as the trial's failure."""
+
+
+def resumable(family) -> bool:
+    """The family's `run` hands out its state at safe points and can go on from one."""
+    return "checkpoint" in inspect.signature(family.run).parameters
+
+
+class Checkpoints:
+    """Worker side: reports rows at most once per REPORT_EVERY_S and, every `every_s` seconds
+    at a safe point of the training loop, with a checkpoint holding the training state."""
+
+    def __init__(self, every_s: float):
+        self.every_s = every_s
+        self.pending, self.last_report, self.last_saved = [], -REPORT_EVERY_S, time.monotonic()
+        self.get_state = None  # the loop's latest; its value at the end is the final state
+
+    def add(self, k: int, row: dict):
+        self.pending.append([k, row])
+        if time.perf_counter() - self.last_report >= REPORT_EVERY_S:
+            self.report()
+
+    def report(self, extra: dict | None = None, files: dict | None = None):
+        """Send the pending rows (and `extra`); with `files` ({name: object}) as a checkpoint."""
+        metrics = {"rows": self.pending, **(extra or {})}
+        self.pending, self.last_report = [], time.perf_counter()
+        if not files:
+            return tune.report(metrics)
+        import torch
+
+        folder = tempfile.mkdtemp(prefix="sam-lab-ckpt-")
+        try:
+            for name, obj in files.items():
+                torch.save(obj, os.path.join(folder, name))
+            tune.report(metrics | {"checkpointed": True},
+                        checkpoint=tune.Checkpoint.from_directory(folder))
+        finally:  # the report has copied it to Tune's storage
+            shutil.rmtree(folder, ignore_errors=True)
+
+    def offer(self, get_state):
+        """Called by the family's loop at each safe point."""
+        self.get_state = get_state
+        if self.every_s and time.monotonic() - self.last_saved >= self.every_s:
+            try:
+                self.report(files={"state-0.pt": get_state()})
+            except Exception as e:  # noqa: BLE001 - Tune's, not the science's
+                raise _TuneError() from e
+            self.last_saved = time.monotonic()
+
+
+def _start_state(unit: dict):
+    """(state, resumed_step): the state to go on from: this trial's last checkpoint after a lost
+    worker, else the saved final state of the shorter trial it extends, else none."""
+    from sam_lab import state as training_state
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            state = training_state.load(os.path.join(folder, "state-0.pt"))
+        return state, state["step"]
+    parent = unit["members"][0].get("extend_from")
+    if parent:
+        try:
+            return training_state.load(parent["path"]), None
+        except Exception as e:  # noqa: BLE001 - e.g. RESULTS not shared with this node
+            raise ValueError(f"cannot read {parent['path']}, the state of {parent['trial_id']} "
+                             f"to extend: {type(e).__name__}: {str(e).splitlines()[0][:200]} "
+                             "(on a cluster RESULTS must be on a file system every node "
+                             "mounts)") from None
+    return None, None
+
+
 def run_trial(params: dict):
     """The Tune trainable: one unit (a trial, or a pack of them) on this worker's CPU allotment.
 
     Reports {"rows": [[k, row], ...]} where k indexes the unit's members, and at the end
-    "finals": one final record per member."""
+    "finals": one final record per member (with keep: final, and a checkpoint holding each ok
+    member's weights and training state)."""
     import torch  # here, not at the top: the driver never needs it
 
     unit = params["unit"]
@@ -163,8 +258,21 @@ def run_trial(params: dict):
     node = ray.get_runtime_context().get_node_id()
     family = families.get(unit["experiment"])
     configs = [dict(m["config"]) for m in unit["members"]]
-    rows = family.run_packed(configs) if unit["packed"] else _single(family.run(configs[0]))
-    pending, last_report, summaries, failure = [], -REPORT_EVERY_S, None, None
+    saves = resumable(family) and not unit["packed"]
+    reporter = Checkpoints(unit["checkpoint_s"] if saves else 0)
+    resumed_step = None
+    if unit["packed"]:  # no checkpoints; the final weights of each member
+        takes = "checkpoint" in inspect.signature(family.run_packed).parameters
+        rows = family.run_packed(configs, **({"checkpoint": reporter.offer} if takes else {}))
+    elif saves:
+        try:
+            state, resumed_step = _start_state(unit)
+            rows = _single(family.run(configs[0], state=state, checkpoint=reporter.offer))
+        except ValueError as e:  # a kept state that cannot be read: the trial's own failure
+            rows = _raises(e)
+    else:
+        rows = _single(family.run(configs[0]))
+    summaries, failure = None, None
     while True:
         try:  # only the science code is guarded: Tune's own exceptions must reach Tune
             try:
@@ -172,15 +280,15 @@ def run_trial(params: dict):
             except StopIteration as stop:
                 summaries = stop.value
                 break
-            pending.append([k, _clean(row, "row")])
+            row = _clean(row, "row")
+        except _TuneError as e:
+            raise e.__cause__ from None
         except Exception as e:  # fails the whole unit
             if _infrastructure(e):
                 raise  # Tune retries it, then the driver records it `lost`
             failure = _failed(e, node, traceback.format_exc())
             break
-        if time.perf_counter() - last_report >= REPORT_EVERY_S:
-            tune.report({"rows": pending})
-            pending, last_report = [], time.perf_counter()
+        reporter.add(k, row)
     if failure is None:
         try:
             finals = [_final(s, node) for s in summaries]
@@ -191,8 +299,17 @@ def run_trial(params: dict):
     # a packed member's wall_s is its share of the pack's time, so wall_s sums to machine time
     wall_s = (time.perf_counter() - start) / len(configs)
     extra = {"pack_size": len(configs)} if unit["packed"] else {}  # failed members too
-    finals = [f | {"wall_s": wall_s, "summary": f["summary"] | extra} for f in finals]
-    tune.report({"rows": pending, "finals": finals})
+    finals = [f | {"wall_s": wall_s, "summary": f["summary"] | extra,
+                   "resumed_step": resumed_step} for f in finals]
+    files = {}
+    if unit["keep"] == "final" and reporter.get_state is not None:
+        states = reporter.get_state()
+        if not unit["packed"]:
+            files = {"state-0.pt": states} if finals[0]["status"] == "ok" else {}
+            states = [states]
+        files |= {f"weights-{k}.pt": s["model"] for k, s in enumerate(states)
+                  if finals[k]["status"] == "ok"}
+    reporter.report({"finals": finals}, files)
 
 
 # ----------------------------------------------------------------------------- driver side
@@ -283,11 +400,17 @@ class Recorder(tune.Callback):
 
     A Tune trial runs a unit: one trial, or a pack whose members are recorded one by one."""
 
-    def __init__(self, spec, trials, results, tracker, progress, gpu_shares, code_version):
+    def __init__(self, spec, trials, results, tracker, progress, gpu_shares, code_version,
+                 extends=None):
         self.spec, self.results, self.tracker, self.progress = spec, results, tracker, progress
         self.gpu_shares, self.code_version = gpu_shares, code_version
+        extends = extends or {}
         self.by_id = {t.trial_id: t for t in trials}
         self.curves, self.started, self.recorded = {}, {}, set()
+        self.extends = extends  # {trial_id: the shorter trial it goes on from}
+        self.saved_rows = {}  # trial_id: how many curve rows its last checkpoint covers
+        self.resume_curves = {}  # trial_id: the curve to go on with after a lost worker
+        self.awaiting = {}  # Tune trial id: finals waiting for their checkpoint (weights)
 
     def __getstate__(self):  # Tune pickles its callbacks once for a restore we never use
         return {}
@@ -300,7 +423,8 @@ class Recorder(tune.Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         for tid in self._members(trial):
             t = self.by_id[tid]
-            self.curves[tid], self.started[tid] = [], time.perf_counter()
+            self.curves[tid] = self.resume_curves.pop(tid, None) or self._parent_curve(tid)
+            self.started[tid] = time.perf_counter()
             self.tracker.submit("start_trial", tid, tid, t.label, t.config)
             self.progress.running.add(tid)
         self.progress.tick(force=True)
@@ -312,14 +436,55 @@ class Recorder(tune.Callback):
             return
         for k, row in result["rows"]:
             self.curves.setdefault(members[k], []).append(row)
+        if result.get("checkpointed"):  # a lost worker goes on from here
+            for tid in members:
+                self.saved_rows[tid] = len(self.curves.get(tid, ()))
+        if "finals" in result and result.get("checkpointed"):
+            self.awaiting[trial.trial_id] = result["finals"]  # recorded with their weights
+            return
         for tid, final in zip(members, result.get("finals", ())):
             self._record(tid, final, final["summary"], final["traceback"])
+
+    @_never_raise
+    def on_checkpoint(self, iteration, trials, trial, checkpoint, **info):
+        """The final checkpoint: the weights go to RESULTS/NAME/weights, then the rows."""
+        finals = self.awaiting.pop(trial.trial_id, None)
+        if finals is None:
+            return
+        members = self._members(trial)
+        try:
+            with checkpoint.as_directory() as folder:
+                weights.keep(folder, self.results.dir, members)
+        except Exception as e:  # noqa: BLE001 - the results still count
+            self.progress.say(f"sam-lab: weights of {members[0]} not kept: "
+                              f"{type(e).__name__}: {e}")
+        for tid, final in zip(members, finals):
+            self._record(tid, final, final["summary"], final["traceback"])
+
+    @_never_raise
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        finals = self.awaiting.pop(trial.trial_id, None)  # a checkpoint that never came
+        for tid, final in zip(self._members(trial), finals or ()):
+            self._record(tid, final, final["summary"], final["traceback"])
+
+    def _parent_curve(self, tid: str) -> list[dict]:
+        """An extended trial's curve starts with the whole curve of the trial it extends."""
+        parent = self.extends.get(tid)
+        if parent is None:
+            return []
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(self.results.dir / "curves" / f"{parent}.parquet")
+        return [{k: v for k, v in r.items() if k != "trial_id"} for r in table.to_pylist()]
 
     @_never_raise
     def on_trial_recover(self, iteration, trials, trial, **info):
         reason = _lost_reason(trial)  # the actor may never have started: no on_trial_start
         for tid in self._members(trial):
             self.tracker.submit("kill_trial", tid, tid, reason)
+            # Tune restarts it from its last checkpoint: keep the rows that checkpoint covers
+            kept = self.saved_rows.get(tid, 0)
+            self.resume_curves[tid] = (self.curves.get(tid) or [])[:kept] if kept else None
             self.curves[tid] = []
             self.progress.running.discard(tid)
             self.progress.say(f"retry  {self.by_id[tid].label}: {reason} (attempt "
@@ -352,6 +517,13 @@ class Recorder(tune.Callback):
             row["round"] = trial.round
         row |= {"wall_s": final["wall_s"], "node": final["node"],
                 "gpu_share": self.gpu_shares[tid], "code_version": self.code_version}
+        state = {}  # also in MLflow (a metric, a tag) through the summary
+        if final.get("resumed_step") is not None:  # restarted from a checkpoint at this step
+            state["resumed_step"] = final["resumed_step"]
+        if tid in self.extends:
+            state["extended_from"] = self.extends[tid]
+        row |= state
+        summary = summary | state
         # MLflow's final tags, then Parquet, then the run's end: a driver killed in between
         # leaves a RUNNING run that the next launch can tell finished (Tracker.close_stale).
         self.tracker.submit("log_final", tid, tid, row, summary, trace, curve)
@@ -423,12 +595,14 @@ class Summary:
 
 
 def _with_absolute_paths(config: dict) -> dict:
-    """A relative data_dir means the launch directory's: Tune runs each trial in a folder of its
-    own. (data_dir says where, not what: the trial_id does not depend on it.)"""
-    path = config.get("data_dir")
-    if isinstance(path, str) and path and not os.path.isabs(path) and "://" not in path:
-        return {**config, "data_dir": os.path.abspath(path)}
-    return config
+    """A relative data_dir (or endpoint file) means the launch directory's: Tune runs each trial
+    in a folder of its own. (The trial_id was computed before, from the config as written.)"""
+    out = config
+    for key in ("data_dir", "endpoint_a", "endpoint_b"):
+        path = config.get(key)
+        if isinstance(path, str) and path and not os.path.isabs(path) and "://" not in path:
+            out = {**out, key: os.path.abspath(path)}
+    return out
 
 
 def _slots(spec) -> int:
@@ -451,21 +625,32 @@ def trainable(cpu: float):
     return tune.with_resources(run_trial, resources)
 
 
+def _member(trial, results, extends: dict) -> dict:
+    member = {"trial_id": trial.trial_id, "config": _with_absolute_paths(trial.config)}
+    parent = extends.get(trial.trial_id)
+    if parent is not None:  # read on the worker: RESULTS must be on a shared file system
+        path = weights.state_path(results.dir, parent).resolve()
+        member["extend_from"] = {"trial_id": parent, "path": str(path)}
+    return member
+
+
 def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None,
-        code_version: str = "") -> Summary:
+        code_version: str = "", extends: dict | None = None) -> Summary:
     """Run `todo` (a list of spec.Trial) to completion, or until Ctrl-C; Ray must be connected.
-    `tracker` is a tracking.Background; `results` a results.Results (the caller closes both)."""
+    `tracker` is a tracking.Background; `results` a results.Results (the caller closes both).
+    `extends` maps a trial_id to the finished shorter trial it goes on from (sweeps.extend)."""
     family = families.get(spec.experiment)
+    extends = extends or {}
     units = [{"unit_id": unit[0].trial_id + (f"+{len(unit) - 1}" if len(unit) > 1 else ""),
               "experiment": spec.experiment, "threads": spec.threads, "packed": bool(spec.pack),
               "gpu": gpu_share(family, [t.config for t in unit], spec.resources),
-              "members": [{"trial_id": t.trial_id, "config": _with_absolute_paths(t.config)}
-                          for t in unit]}
+              "checkpoint_s": spec.checkpoint_s, "keep": spec.keep,
+              "members": [_member(t, results, extends) for t in unit]}
              for unit in spec.units(todo)]
 
     progress = Progress(len(todo))
     shares = {m["trial_id"]: u["gpu"] for u in units for m in u["members"]}
-    recorder = Recorder(spec, todo, results, tracker, progress, shares, code_version)
+    recorder = Recorder(spec, todo, results, tracker, progress, shares, code_version, extends)
 
     # Tune starts as many trials as are queued for resources; a Searcher gets 1 unless told.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2 * _slots(spec), 16)))
@@ -480,7 +665,8 @@ def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None,
             trial_dirname_creator=lambda t: t.config["unit"]["unit_id"]),
         run_config=tune.RunConfig(
             name=spec.name, storage_path=storage, verbose=0, callbacks=[recorder],
-            failure_config=tune.FailureConfig(max_failures=spec.failure_retries)))
+            failure_config=tune.FailureConfig(max_failures=spec.failure_retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))  # only the latest counts
     sigint = signal.getsignal(signal.SIGINT)
     try:
         tuner.fit()  # the first Ctrl-C stops Tune gracefully: fit returns, trials in flight end

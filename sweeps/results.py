@@ -43,7 +43,7 @@ STATUSES = ("ok", "failed", "lost")
 KNOWN = {"trial_id": pa.string(), "sweep": pa.string(), "experiment": pa.string(),
          "status": pa.string(), "error": pa.string(), "seed": pa.int64(), "step": pa.int64(),
          "wall_s": pa.float64(), "node": pa.string(), "gpu_share": pa.float64(),
-         "code_version": pa.string()}
+         "code_version": pa.string(), "resumed_step": pa.int64(), "extended_from": pa.string()}
 PY_TO_ARROW = {bool: pa.bool_(), int: pa.int64(), float: pa.float64(), str: pa.string()}
 YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)  # libyaml: 10^5 trial ids in < 1 s
 

@@ -10,9 +10,12 @@ product of config values; missing or {} = the base config alone), `seeds` (a lis
 node is restarted), `pack` with `pack_size` (train up to pack_size trials that differ only in the
 `pack` keys in one process, vmapped; see `Spec.units`), and `variants`: named sets of overrides
 (`tiny: {epochs: 5}`), applied by `load(..., variant="tiny")` with the `--set` rules, before any
---set value, and `refine`: adaptive boundary refinement of two grid axes (sweeps/refine.py; the
+--set value, `refine`: adaptive boundary refinement of two grid axes (sweeps/refine.py; the
 grid is round 0, later rounds are added by `sweeps.rounds` from what is recorded, and
-`--set rounds=N` changes how many).
+`--set rounds=N` changes how many), `checkpoint_s` (seconds between a trial's checkpoints, from
+which a restarted trial resumes; 0 = none) and `keep` (final: each ok trial's weights and
+training state in RESULTS/NAME/weights; none). Resources, retries, packing, rounds, checkpoints
+and keep say how trials run and what is kept, not what they compute: no trial_id depends on them.
 
 Everything is checked here, before Ray or MLflow start, and any problem is one `SpecError` line
 naming the file, the key and what is allowed.
@@ -46,7 +49,8 @@ EXECUTION_KEYS = frozenset({"threads", "device", "data_dir", "download"})
 REQUIRED = ("name", "experiment", "seeds")
 OPTIONAL = {"description": "", "base": {}, "grid": {}, "resources": {"cpu": 1, "gpu": 0},
             "failure_retries": 2, "pack": None, "pack_size": 16, "variants": {},
-            "refine": None}
+            "refine": None, "checkpoint_s": 600, "keep": "final"}
+KEEP = ("final", "none")
 RESOURCE_KEYS = ("cpu", "gpu", "gpu_memory_gb")
 MIN_GPU_SHARE = 1 / 16  # `gpu: auto` never packs more trials than this onto one GPU
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -55,7 +59,8 @@ MAX_NAME = 100  # a folder, an MLflow experiment and part of every artifact path
 # (compared lower-cased, for case-insensitive filesystems; mlflow.db also has -wal/-journal files).
 RESERVED_NAMES = ("mlflow.db", "mlartifacts", "mlruns")
 # Keys a variant or --set may hold besides the family's config keys.
-SPEC_OVERRIDES = ("seeds", "resources", "pack", "pack_size", "refine", "rounds")
+SPEC_OVERRIDES = ("seeds", "resources", "pack", "pack_size", "refine", "rounds", "checkpoint_s",
+                  "keep")
 
 
 class InputError(ValueError):
@@ -96,6 +101,8 @@ class Spec:
     pack_size: int = 16
     refine: object = None  # a sweeps.refine.Refine, or None
     grid_trials: list = None  # round 0 (= trials without refine; trials grows by rounds)
+    checkpoint_s: float = 600  # seconds between a trial's checkpoints; 0 = none
+    keep: str = "final"  # final: each ok trial's weights and state in RESULTS/NAME/weights
 
     @property
     def threads(self) -> int:
@@ -104,7 +111,7 @@ class Spec:
     def resolved(self) -> dict:
         """The spec as run (overrides applied, seeds expanded), plus the trial ids it expands to."""
         keys = ("name", "experiment", "description", "base", "grid", "seeds", "resources",
-                "failure_retries")
+                "failure_retries", "checkpoint_s", "keep")
         packing = {"pack": list(self.pack), "pack_size": self.pack_size} if self.pack else {}
         refine = {"refine": dataclasses.asdict(self.refine)} if self.refine else {}
         return {k: getattr(self, k) for k in keys} | packing | refine | {
@@ -253,6 +260,14 @@ def _seeds(path, value) -> list:
     return list(value)
 
 
+def _checkpoint_s(path, value) -> float:
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if not number or not math.isfinite(value) or value < 0:
+        raise SpecError(f"{path}: checkpoint_s: got {value!r}; allowed: a number of seconds "
+                        ">= 0 (0 = no checkpoints)")
+    return value
+
+
 def _resources(path, value) -> dict:
     if not isinstance(value, dict):
         raise SpecError(f"{path}: resources: expected a mapping like {{cpu: 1, gpu: 0}}")
@@ -370,8 +385,8 @@ def load(path: str | Path, overrides: list[str] = (), variant: str | None = None
             given = layer.pop("resources")
             resources = _resources(f"{path}: {where}",
                                    {**resources, **given} if isinstance(given, dict) else given)
-        for key in ("pack", "pack_size"):  # how trials run, not what they compute: ids unchanged
-            if key in layer:
+        for key in ("pack", "pack_size", "checkpoint_s", "keep"):  # how trials run and what
+            if key in layer:                                       # is kept: ids unchanged
                 spec[key] = layer.pop(key)
         if "refine" in layer:  # e.g. a `refined` variant of a dense study
             spec["refine"] = layer.pop("refine")
@@ -384,6 +399,9 @@ def load(path: str | Path, overrides: list[str] = (), variant: str | None = None
                 base[key] = value
     for key in SPEC_OVERRIDES:
         setted.pop(key, None)
+    checkpoint_s, keep = _checkpoint_s(path, spec["checkpoint_s"]), spec["keep"]
+    if keep not in KEEP:
+        raise SpecError(f"{path}: keep: got {keep!r}; allowed: {', '.join(KEEP)}")
     grid = _grid(path, grid)
 
     family = families.get(spec["experiment"])
@@ -410,7 +428,7 @@ def load(path: str | Path, overrides: list[str] = (), variant: str | None = None
     result = Spec(path=str(path), name=spec["name"], experiment=spec["experiment"],
                   description=(spec["description"] or "").strip(), base=base, grid=grid,
                   seeds=seeds, resources=resources, failure_retries=retries, trials=trials,
-                  pack=pack, pack_size=spec["pack_size"])
+                  pack=pack, pack_size=spec["pack_size"], checkpoint_s=checkpoint_s, keep=keep)
     result.grid_trials = list(trials)
     result.refine = _refine(path, spec["refine"], rounds, result, family)
     if resources["gpu"] == "auto" and not hasattr(family, "gpu_memory"):

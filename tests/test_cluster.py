@@ -95,6 +95,24 @@ def test_aws_cluster_has_a_cpu_head_and_gpu_spot_workers_from_zero():
     assert config["provider"]["type"] == "aws"
 
 
+def test_aws_nodes_run_the_pinned_ray_image_on_a_current_host_ami(offline):
+    """The image is Ray's own at the pinned version and the Python the project supports; the
+    host AMI is never Ray's `latest_dlami` (an Ubuntu 18.04 DLAMI: Python 3.6, CUDA 11.2)."""
+    config = prepared("cluster.yaml")
+    docker = config["docker"]
+    assert docker["image"] == f"rayproject/ray:{pin('ray')}-py311-gpu"
+    assert docker["head_image"] == f"rayproject/ray:{pin('ray')}-py311-cpu"
+    requires = re.search(r'requires-python\s*=\s*">=3\.(\d+)"',
+                         (ROOT / "pyproject.toml").read_text())
+    assert requires and int(requires.group(1)) <= 11
+    for node_type in config["available_node_types"].values():
+        image = node_type["node_config"]["ImageId"]
+        assert image != "latest_dlami"
+        assert image.startswith("ami-") or image == ("resolve:ssm:/aws/service/deeplearning/ami/"
+                                                     "x86_64/base-oss-nvidia-driver-gpu-ubuntu-"
+                                                     "22.04/latest/ami-id")
+
+
 @pytest.mark.parametrize("name", CONFIGS)
 def test_setup_installs_pinned_torch_then_the_synced_project(name):
     setup = prepared(name)["setup_commands"]

@@ -7,7 +7,7 @@ Seeds and rho values of one grid point can train packed, K models at once under 
 from sam_lab.config import parse
 from sam_lab.train import ClassifyConfig as Config
 from sam_lab.train import classify as run
-from sam_lab.train import gpu_memory
+from sam_lab.train import extendable, gpu_memory, sharpness_of
 from sam_lab.vectorized import PACKABLE_KEYS
 from sam_lab.vectorized import check_packable as _check_parsed
 from sam_lab.vectorized import classify_packed as run_packed
@@ -18,7 +18,10 @@ def check_packable(configs: list[dict]):
     _check_parsed([parse(Config, c) for c in configs])
 
 
-__all__ = ["Config", "run", "run_packed", "check_packable", "PACKABLE_KEYS", "gpu_memory", "METRICS"]
+DURATION_KEY = "epochs"  # a longer run of a finished trial goes on from its final state
+
+__all__ = ["Config", "run", "extendable", "DURATION_KEY", "run_packed", "check_packable",
+           "PACKABLE_KEYS", "gpu_memory", "sharpness_of", "METRICS"]
 
 
 # The columns a refined sweep (`refine.metric`) may split on: the final row's metrics, and with

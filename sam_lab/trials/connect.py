@@ -9,7 +9,8 @@ classify recipe; they differ in the init and minibatch seed (`seed`, `seed_b`; b
 seed is drawn from its own stream, `SeedSequence(seed).spawn(2)[1]`, so B of one seed is never
 A of another, as `seed + 1` made it), or are loaded
 from `endpoint_a` / `endpoint_b`: state_dict files (`torch.save(model.state_dict(), path)`) of the
-same architecture, read with `torch.load(weights_only=True)`.
+same architecture, read with `torch.load(weights_only=True)`, or `SWEEP_DIR#TRIAL_ID`, the final
+weights a sweep kept (`keep: final`) for that trial; both are checked when the trial loads them.
 
 The curve (`curve`, `num_bends`) is trained for `curve_epochs` with the classify optimizer
 (without SAM or Grokfast) at `curve_lr` (by default the endpoints' `lr`) and the classify
@@ -97,16 +98,36 @@ class Config(ClassifyConfig):
             raise ConfigError("seed_b", f"equals seed ({self.seed}): both endpoints would be the "
                                         "same network")
         for key in ("endpoint_a", "endpoint_b"):
-            path = getattr(self, key)
-            if path is not None and not os.path.isfile(path):
-                raise ConfigError(key, f"{path} is not a file")
+            value = getattr(self, key)
+            if value is not None and not os.path.isfile(endpoint_path(value)):
+                kept = " (was that sweep run with keep: final?)" if "#" in value else ""
+                raise ConfigError(key, f"{endpoint_path(value)} is not a file{kept}")
+
+
+def endpoint_path(value: str) -> str:
+    """A state_dict file, or `SWEEP_DIR#TRIAL_ID`: the final weights a sweep kept for that trial
+    (SWEEP_DIR/weights/TRIAL_ID.pt)."""
+    if "#" not in value:
+        return value
+    sweep_dir, trial_id = value.rsplit("#", 1)
+    return os.path.join(sweep_dir, "weights", f"{trial_id}.pt")
 
 
 def _endpoint(cfg, model, data, seed, checkpoint):
     """Load the checkpoint, or train with the classify loop under `seed`."""
-    if checkpoint is not None:
-        state = torch.load(checkpoint, map_location=data.x_train.device, weights_only=True)
-        model.load_state_dict(state)
+    if checkpoint is not None:  # checked here, at load time: the file may have changed
+        path = endpoint_path(checkpoint)
+        try:
+            state = torch.load(path, map_location=data.x_train.device, weights_only=True)
+        except Exception as e:
+            raise ValueError(f"endpoint {checkpoint}: cannot read {path}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0]}") from None
+        try:
+            model.load_state_dict(state)
+        except (RuntimeError, TypeError, AttributeError) as e:
+            raise ValueError(f"endpoint {checkpoint}: its weights do not fit this trial's model "
+                             f"({cfg.model}, width {cfg.width}): "
+                             f"{str(e).splitlines()[0][:200]}") from None
         return model
     opt = make_optimizer(cfg, model.named_parameters())
     grad_filter = gradient_filter(cfg, model.parameters())

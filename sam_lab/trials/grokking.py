@@ -40,6 +40,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from sam_lab import state as training_state
 from sam_lab.algorithmic import (
     OPERATIONS,
     S5_OPERATIONS,
@@ -57,6 +58,7 @@ from sam_lab.optim import SAM
 from sam_lab.train import resolve_device
 
 MAX_STEPS = 10**7
+DURATION_KEY = "steps"  # a longer run of a finished trial goes on from its final state
 
 
 @dataclasses.dataclass
@@ -150,7 +152,15 @@ def evaluate(model, pairs, labels, is_train) -> dict:
     return dict(zip(("train_loss", "train_acc", "test_loss", "test_acc", "weight_norm"), stats))
 
 
-def run(config: dict):
+def extendable(config: dict) -> str | None:
+    """Why a longer `steps` cannot go on from this config's final state (None: it can). The lr
+    is constant after warmup, so the trajectory so far does not depend on `steps`."""
+    return None
+
+
+def run(config: dict, state: dict | None = None, checkpoint=None):
+    """Yield a row per evaluation point; see the module docstring. `state` / `checkpoint`:
+    resume from a saved state and hand out the state at safe points (sam_lab.state)."""
     cfg = parse(Config, config)
     torch.set_num_threads(cfg.threads)
     device = resolve_device(cfg.device)
@@ -179,10 +189,29 @@ def run(config: dict):
     def loss_on(xb, yb):
         return F.cross_entropy(model(xb), yb)
 
-    evals = iter(eval_steps(cfg.steps, cfg.eval_points))
-    next_eval = next(evals)
+    first, order, row = 1, None, None
     step_train = step_test = held_since = None
-    for step in range(1, cfg.steps + 1):
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        training_state.load_filter_state(gradient_filter, state["grokfast"])
+        training_state.set_rng_state(state["rng"])
+        first = state["step"] + 1
+        order = None if state["order"] is None else state["order"].to(device)
+        step_train, step_test, held_since = state["step_train"], state["step_test"], \
+            state["held_since"]
+        row = state["last_row"]
+
+    def get_state() -> dict:
+        return {"step": step, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "grokfast": training_state.filter_state(gradient_filter),
+                "rng": training_state.rng_state(), "order": order, "step_train": step_train,
+                "step_test": step_test, "held_since": held_since, "last_row": row}
+
+    evals = iter([s for s in eval_steps(cfg.steps, cfg.eval_points) if s >= first])
+    next_eval = next(evals, None)
+    step, stop = first - 1, False
+    for step in range(first, cfg.steps + 1):
         lr = cfg.lr * min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else cfg.lr
         for group in opt.param_groups:
             group["lr"] = lr
@@ -206,26 +235,30 @@ def run(config: dict):
             gradient_filter()
             opt.step()
 
-        if step != next_eval:
-            continue
-        next_eval = next(evals, None)
-        row = dict(step=step, epoch=step * batch / n_train, lr=lr,
-                   **evaluate(model, pairs, labels, is_train))
-        if not np.isfinite(row["train_loss"]):
-            raise FloatingPointError(
-                f"train loss is {row['train_loss']} at step {step} (lr={cfg.lr}, rho={cfg.rho}, "
-                f"init_scale={cfg.init_scale}); lower lr or init_scale"
-            )
-        if step_train is None and row["train_acc"] >= cfg.threshold:
-            step_train = step
-        if step_test is None and row["test_acc"] >= cfg.threshold:
-            step_test = step
-        yield row
+        if step == next_eval:
+            next_eval = next(evals, None)
+            row = dict(step=step, epoch=step * batch / n_train, lr=lr,
+                       **evaluate(model, pairs, labels, is_train))
+            if not np.isfinite(row["train_loss"]):
+                raise FloatingPointError(
+                    f"train loss is {row['train_loss']} at step {step} (lr={cfg.lr}, "
+                    f"rho={cfg.rho}, init_scale={cfg.init_scale}); lower lr or init_scale"
+                )
+            if step_train is None and row["train_acc"] >= cfg.threshold:
+                step_train = step
+            if step_test is None and row["test_acc"] >= cfg.threshold:
+                step_test = step
+            yield row
 
-        above = min(row["train_acc"], row["test_acc"]) >= cfg.threshold
-        held_since = (held_since or step) if above else None
-        if cfg.early_stop and above and step - held_since >= cfg.early_stop:
+            above = min(row["train_acc"], row["test_acc"]) >= cfg.threshold
+            held_since = (held_since or step) if above else None
+            stop = bool(cfg.early_stop and above and step - held_since >= cfg.early_stop)
+        if checkpoint is not None:  # a safe point: this step and its row are done
+            checkpoint(get_state)
+        if stop:
             break
+    if checkpoint is not None:  # the final state, also after a resume that had nothing left
+        checkpoint(get_state)
 
     summary = {}
     if cfg.measure_sharpness:  # on the training pairs (at most 2000), eval mode
@@ -245,6 +278,24 @@ def run(config: dict):
         train_acc=row["train_acc"],
         test_acc=row["test_acc"],
     )
+
+
+def sharpness_of(config: dict, model_state: dict) -> dict:
+    """lambda_max, hessian_trace and eps_sharpness of saved weights, measured as a trial with
+    `measure_sharpness` measures its final model (same pairs, same ball)."""
+    from sam_lab import sharpness
+
+    cfg = parse(Config, config)
+    torch.set_num_threads(cfg.threads)
+    pairs, labels = make_pairs(cfg.operation, cfg.modulus)
+    train_idx, _ = split(len(labels), cfg.train_fraction, cfg.seed)
+    is_train = torch.zeros(len(labels), dtype=torch.bool)
+    is_train[train_idx] = True
+    model = build_model(cfg)
+    model.load_state_dict(model_state)
+    x_train, y_train = pairs[is_train], labels[is_train]
+    return sharpness.measure(model, F.cross_entropy, x_train[:2000], y_train[:2000],
+                             rho=cfg.sharpness_rho, p=cfg.sam_p)
 
 
 # The columns a refined sweep (`refine.metric`) may split on.
