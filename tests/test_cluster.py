@@ -26,6 +26,8 @@ import yaml
 from conftest import free_port, wait_for
 from ray.autoscaler._private.util import prepare_config, validate_config
 
+from sweeps.provenance import VERSION_FILE
+
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ["cluster.yaml", "cluster-onprem.yaml"]
 WORLD = {"0.0.0.0/0", "::/0"}
@@ -70,7 +72,8 @@ def test_config_passes_rays_own_validation_offline(name, offline):
     config = prepared(name)
     assert config["cluster_name"].startswith("sam-lab")
     for remote, local in config["file_mounts"].items():  # relative to the repo root
-        assert (ROOT / local).exists(), f"file_mounts {remote}: {local} does not exist"
+        written = Path(local).name == VERSION_FILE  # by `python -m sweeps.provenance --write`
+        assert written or (ROOT / local).exists(), f"file_mounts {remote}: {local} does not exist"
     mounted = {Path(local).as_posix().lstrip("./") for local in config["file_mounts"].values()}
     assert {"pyproject.toml", "README.md", "constraints.txt", "sam_lab", "sweeps",
             "analysis"} <= mounted  # what `pip install -e .` needs
@@ -120,6 +123,20 @@ def test_setup_installs_pinned_torch_then_the_synced_project(name):
     project_at = [i for i, c in enumerate(setup)
                   if "-c ~/sam-lab/constraints.txt -e ~/sam-lab" in c]
     assert torch_at and project_at and torch_at[0] < project_at[0]
+
+
+@pytest.mark.parametrize("name", CONFIGS)
+def test_nodes_get_the_recorded_code_version_and_setup_prints_it(name, offline):
+    """No .git is synced, so the version trials record comes from the mounted CODE_VERSION,
+    read by the project's root (where provenance looks) and shown in the set-up log."""
+    config = prepared(name)
+    assert config["file_mounts"].get(f"~/sam-lab/{VERSION_FILE}") == f"./{VERSION_FILE}"
+    assert not any(Path(local).name == ".git" for local in config["file_mounts"].values())
+    setup = config["setup_commands"]
+    project_at = [i for i, c in enumerate(setup) if "-e ~/sam-lab" in c][0]
+    shown = [i for i, c in enumerate(setup)
+             if c.startswith("cd ~/sam-lab && ") and "provenance import code_version" in c]
+    assert shown and shown[0] > project_at  # after the install, from the synced root
 
 
 @pytest.mark.parametrize("name", CONFIGS)
