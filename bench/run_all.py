@@ -18,7 +18,7 @@ import torch
 
 HERE = Path(__file__).parent
 BENCHES = ["sam_step.py", "vmap_seeds.py", "platform_overhead.py", "end_to_end.py",
-           "analysis_scale.py", "large_sweeps.py"]
+           "analysis_scale.py", "large_sweeps.py", "state_costs.py"]
 
 
 def machine() -> str:
