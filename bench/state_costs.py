@@ -6,10 +6,10 @@ One small grokking trial (x+y mod 59, 60% of the pairs, MLP width 128, 1 thread)
 through the family's `run(config, state=None, checkpoint=...)` protocol, as a worker runs it.
 
 Checkpoint overhead (goal: <= 2% of trial time at the default checkpoint_s = 600). A bench trial
-is far shorter than 600 s, so the default is measured as the cost of ONE checkpoint, of this
-trial's state and of the largest the project has (ResNet18, k = 64, SGD momentum) (torch.save
-of the state to a temp folder, as the launcher does, plus a copy of it to another folder, as the
-report into Tune's storage does) over 600 s. A whole trial with `--small-checkpoint-s` against
+is far shorter than 600 s, so the default is measured as the cost of ONE checkpoint over 600 s:
+torch.save of the state to a temp folder, as the launcher does, plus a copy of it to another
+folder, as the report into Tune's storage does; for this trial's state and for the largest the
+project has (ResNet18, k = 64, SGD momentum). A whole trial with `--small-checkpoint-s` against
 the same trial without checkpoints shows how it scales. Not measured: Tune's own report and its
 driver-side snapshot of the experiment state.
 
