@@ -21,7 +21,8 @@ GOLDEN = json.loads((ROOT / "tests/golden/trial_ids.json").read_text())
 # (docs/science.md): connect's endpoint B from its own seed stream (every trial of the spec,
 # none sets seed_b), and BN statistics weighted by batch size (its cnn5 trials, already counted).
 CHANGED_ON_PURPOSE = {"sweeps/mode_connectivity.yaml": set(GOLDEN["sweeps/mode_connectivity.yaml"])}
-NEW_SPECS = {"sweeps/grokking/grokfast.yaml"}
+NEW_SPECS = {"sweeps/grokking/grokfast.yaml",  # specs added after the golden list was made
+             "sweeps/double_descent/random_features_refined.yaml"}
 
 
 def _ids(path: str, tmp_path: Path) -> dict:
