@@ -323,7 +323,8 @@ def _seed_spread(trials, failed, steps_to, spec):
     reached = trials[trials["step_test_99"].notna()]
     never = trials[trials["step_test_99"].isna()]
     lines = order[0].count("\n") + 1 if order else 1
-    fig, ax = plt.subplots(figsize=(5.5, (0.25 + 0.17 * lines) * len(order) + 1.4),
+    # at least 5.5/3 in tall: one grid point (a seeds-only spec) must not become a thin strip
+    fig, ax = plt.subplots(figsize=(5.5, max((0.25 + 0.17 * lines) * len(order) + 1.4, 2.0)),
                            layout="constrained")
     sns.boxplot(data=reached, y="words", x="step_test_99", order=order, color="0.9", ax=ax,
                 showfliers=False, log_scale=True, orient="h")

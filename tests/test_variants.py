@@ -9,11 +9,13 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import pytest
 from cifar_format import write_cifar_fixture
 from conftest import RayNodes, sam_lab
 
+from analysis import figures
 from sweeps import cli
 from sweeps import spec as specs
 
@@ -64,6 +66,9 @@ def test_tiny_variant_sweeps_and_plots(path, runs, capsys):
     else:
         assert (trials[~trials.trial_id.isin(grid)]["round"] > 0).all()
     assert (trials.status == "ok").all(), trials[["trial_id", "error"]].to_string()
+    for stem, fig in figures.build(root / spec.name):  # labelled axes, title, a tick per value
+        assert figures.audit(fig, spec.grid) == [], stem
+        plt.close(fig)
     assert cli.main(["plot", str(root / spec.name)]) == 0
     printed = {Path(line).name for line in capsys.readouterr().out.splitlines()}
     pngs = sorted((root / spec.name / "figures").glob("*.png"))
