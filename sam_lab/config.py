@@ -22,6 +22,7 @@ configs where f(config) is true, so their identity carries the name and their id
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import types
 import typing
@@ -104,16 +105,20 @@ def _check_range(key: str, value, meta: dict):
             raise ConfigError(key, f"got {value!r}; allowed: {_allowed(meta)}")
 
 
+@functools.cache  # get_type_hints evaluates every annotation: most of a parse, were it per call
+def _schema(cls) -> tuple[dict, dict]:
+    return {f.name: f for f in dataclasses.fields(cls)}, typing.get_type_hints(cls)
+
+
 def parse(cls, raw: dict | None = None, **overrides):
     """Build and check a `cls` config from a flat dict. Raises ConfigError on the first bad key."""
     raw = {**(raw or {}), **overrides}
     if isinstance(raw, cls):
         return raw
-    fields = {f.name: f for f in dataclasses.fields(cls)}
+    fields, hints = _schema(cls)
     for key in raw:
         if key not in fields:
             raise ConfigError(key, f"unknown key for {cls.__name__}; allowed: {', '.join(fields)}")
-    hints = typing.get_type_hints(cls)
     values = {}
     for key, value in raw.items():
         values[key] = _check_type(key, value, hints[key])
@@ -137,7 +142,7 @@ def identity(cls, config: dict) -> dict:
     at their `legacy` value or outside their `applies` condition, plus `id_changes`, the names
     of the class's ID_CHANGES that hold for it (omitted when none do)."""
     out = {}
-    for f in dataclasses.fields(cls):
+    for f in _schema(cls)[0].values():
         if f.name not in config:
             continue
         value = config[f.name]

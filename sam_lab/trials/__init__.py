@@ -20,13 +20,16 @@ Adding a family needs this module, a spec in sweeps/ and a plot in analysis/<nam
 
 from __future__ import annotations
 
+import functools
 import importlib
 import pkgutil
 from types import ModuleType
 
 
-def names() -> list[str]:
-    return sorted(m.name for m in pkgutil.iter_modules(__path__) if not m.name.startswith("_"))
+@functools.cache  # asked once per trial id; the package's modules do not change meanwhile
+def names() -> tuple[str, ...]:
+    modules = pkgutil.iter_modules(__path__)
+    return tuple(sorted(m.name for m in modules if not m.name.startswith("_")))
 
 
 def get(name: str) -> ModuleType:
