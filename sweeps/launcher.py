@@ -80,6 +80,7 @@ AUTH_HINT = ("if the cluster uses token auth, set RAY_AUTH_MODE=token and its to
 
 def connect(address: str | None, resources: dict) -> str:
     """Start or join Ray; returns a description of the cluster for the user."""
+    units_per_fit()  # a bad value is refused before Ray starts
     if address is None:
         # "local": a new Ray of our own, never one found through RAY_ADDRESS or a `ray start` on
         # this machine (joining is --address). Ray sizes itself to the CPUs this process may use
@@ -634,6 +635,31 @@ def _member(trial, results, extends: dict) -> dict:
     return member
 
 
+def units_per_fit() -> int:
+    """Units per Tune run. Tune keeps every trial it made, and a JSON state of each, for the
+    whole run (~75 KB of driver memory per finished trial), so a sweep beyond this many units
+    runs as several Tune runs in a row: the driver stays bounded, at the cost of one drain of
+    the cluster between runs. SAM_LAB_UNITS_PER_FIT overrides it."""
+    value = os.environ.get("SAM_LAB_UNITS_PER_FIT", "10000")
+    if not value.isdigit() or int(value) < 1:
+        raise LaunchError(f"SAM_LAB_UNITS_PER_FIT: got {value!r}; allowed: an int >= 1")
+    return int(value)
+
+
+def _tuner(spec, units, name, storage, recorder, max_concurrent) -> tune.Tuner:
+    return tune.Tuner(
+        trainable(spec.resources["cpu"]),
+        tune_config=tune.TuneConfig(
+            search_alg=UnitFeeder(units), num_samples=len(units), scheduler=LiveFIFO(),
+            reuse_actors=True, max_concurrent_trials=max_concurrent,
+            trial_name_creator=lambda t: t.config["unit"]["unit_id"],
+            trial_dirname_creator=lambda t: t.config["unit"]["unit_id"]),
+        run_config=tune.RunConfig(
+            name=name, storage_path=storage, verbose=0, callbacks=[recorder],
+            failure_config=tune.FailureConfig(max_failures=spec.failure_retries),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))  # only the latest counts
+
+
 def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None,
         code_version: str = "", extends: dict | None = None) -> Summary:
     """Run `todo` (a list of spec.Trial) to completion, or until Ctrl-C; Ray must be connected.
@@ -656,20 +682,16 @@ def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None,
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2 * _slots(spec), 16)))
     own_storage = storage is None
     storage = storage or tempfile.mkdtemp(prefix="sam-lab-tune-")
-    tuner = tune.Tuner(
-        trainable(spec.resources["cpu"]),
-        tune_config=tune.TuneConfig(
-            search_alg=UnitFeeder(units), num_samples=len(units), scheduler=LiveFIFO(),
-            reuse_actors=True, max_concurrent_trials=max_concurrent,
-            trial_name_creator=lambda t: t.config["unit"]["unit_id"],
-            trial_dirname_creator=lambda t: t.config["unit"]["unit_id"]),
-        run_config=tune.RunConfig(
-            name=spec.name, storage_path=storage, verbose=0, callbacks=[recorder],
-            failure_config=tune.FailureConfig(max_failures=spec.failure_retries),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1)))  # only the latest counts
     sigint = signal.getsignal(signal.SIGINT)
+    per_fit = units_per_fit()
     try:
-        tuner.fit()  # the first Ctrl-C stops Tune gracefully: fit returns, trials in flight end
+        for first in range(0, len(units), per_fit):
+            chunk = units[first:first + per_fit]
+            name = spec.name if first == 0 else f"{spec.name}-{first // per_fit}"
+            _tuner(spec, chunk, name, storage, recorder, max_concurrent).fit()
+            # the first Ctrl-C stops Tune gracefully: fit returns, trials in flight end
+            if any(m["trial_id"] not in recorder.recorded for u in chunk for m in u["members"]):
+                break  # interrupted: no later chunk starts
     finally:
         signal.signal(signal.SIGINT, sigint)  # Tune leaves its handler behind
         progress.end()

@@ -215,7 +215,10 @@ def tiny_sweep(tmp_path_factory):
     work = tmp_path_factory.mktemp("tiny")
     spec = write_spec(work, TINY, "tiny.yaml")
     results = work / "results"
-    first = sam_lab("sweep", "tiny.yaml", "--results", "results", cwd=work)
+    # 3 units per Tune run: the 4 trials run as two Tune runs in a row, as a sweep of more than
+    # launcher.units_per_fit() units does
+    first = sam_lab("sweep", "tiny.yaml", "--results", "results", cwd=work,
+                    env={**os.environ, "SAM_LAB_UNITS_PER_FIT": "3"})
     assert first.returncode == 0, first.stdout + first.stderr
     after_first = _snapshot(results)
     rerun = sam_lab("sweep", "tiny.yaml", "--results", "results", cwd=work)
