@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import os
 import shlex
 import signal
@@ -306,11 +307,15 @@ def sweep(args, argv) -> int:
     from sweeps.results import compact
     from sweeps.sync import catch_up
 
-    where = launcher.connect(args.address, spec.resources)
-    sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
-    background = lock = summary = results = None
+    version = code_version()
+    # MLflow's import and the store's set-up run on the tracking thread while Ray starts
+    background = tracking.Background(functools.partial(
+        tracking.Tracker, uri, spec.name, sweep_dir, _artifacts(root, spec.name, uri), version))
+    lock = summary = results = sigterm = None
     status = "KILLED"
     try:
+        where = launcher.connect(args.address, spec.resources)
+        sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock(sweep_dir)
         compact(sweep_dir)
@@ -321,10 +326,7 @@ def sweep(args, argv) -> int:
         if not todo:
             print(f"{counts}: nothing to do")
             return 0
-        version = code_version()
-        tracker = tracking.Tracker(uri, spec.name, sweep_dir, _artifacts(root, spec.name, uri),
-                                   version)
-        background = tracking.Background(tracker)
+        tracker = background.ready()  # a store MLflow cannot open stops the sweep here
         # MLflow catches up first (FIFO), then this launch's runs: all off the trials' path
         background.submit(catch_up, None, tracker, sweep_dir, spec.experiment)
         background.submit("open_launch", None, spec.resolved(), len(todo),
@@ -357,13 +359,13 @@ def sweep(args, argv) -> int:
     finally:
         if results is not None:
             results.close()  # the queued trials, then one compacted trials.parquet
-        if background is not None:
-            background.submit("close_launch", None, status)
-            background.close()
+        background.submit("close_launch", None, status)
+        background.close()
         launcher.disconnect()  # last: Ray objects Tune left behind must go while Ray is up
         if lock is not None:
             lock.close()
-        signal.signal(signal.SIGTERM, sigterm)
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     if status != "FINISHED":
         command = shlex.join(["sam-lab", *argv])
         print(f"interrupted: finished trials are saved in {sweep_dir}; resume with: {command}",
