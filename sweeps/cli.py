@@ -560,10 +560,11 @@ def measure_command(args, argv) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Every refusal is one line on stderr: 2 for input, 3 for the environment (a full or
     read-only disk, a locked store, a corrupt results file), never a traceback."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:  # the `sam-lab` script
+        _exit_now(main(sys.argv[1:]))
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args, argv)
+        return args.func(args, list(argv))
     except InputError as e:
         print(f"sam-lab: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -573,6 +574,25 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug: the traceback is the report
         print(f"sam-lab: error: {line}", file=sys.stderr)
         return ENV_EXIT
+
+
+def _exit_now(code: int):
+    """End a finished command without the interpreter's teardown of the modules it loaded
+    (Ray, torch, MLflow: slow, and nothing a finished command needs). Exit handlers still run
+    and the output is flushed; a thread still at work gets the ordinary exit, which waits."""
+    import atexit
+    import threading
+
+    if any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+           for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`sam-lab status | head`)
+            pass
+    os._exit(code)
 
 
 def _environment_fault(e: Exception) -> str | None:
