@@ -29,6 +29,7 @@ import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
@@ -479,6 +480,15 @@ def log_figures(uri: str, sweep: str, paths: list[Path]) -> str | None:
     """Attach figures to the sweep's latest launch run; returns its run id (None if no launch).
     A store whose artifacts live on a server that is not running (`mlflow-artifacts:/` in a
     copied mlflow.db) takes no figures: the figures stay on disk and the user is told."""
+    if (local := _local_launch(uri, sweep)) is not None:
+        run_id, folder = local
+        try:
+            _copy_figures(paths, folder / "figures")
+        except OSError as e:
+            print(f"figures not logged to MLflow (artifact store {folder}: {e})",
+                  file=sys.stderr)
+            return None
+        return run_id
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri=uri)
@@ -498,3 +508,42 @@ def log_figures(uri: str, sweep: str, paths: list[Path]) -> str | None:
               f"{type(e).__name__}: {str(e).splitlines()[0][:200]})", file=sys.stderr)
         return None
     return runs[0].info.run_id
+
+
+def _local_launch(uri: str, sweep: str) -> tuple[str, Path] | None:
+    """(run id, artifact folder) of the sweep's latest launch run when both the store and the
+    run's artifacts are local files, read straight from SQLite: `sam-lab plot` then neither
+    imports MLflow nor opens its store, and copies the figures where MLflow's local artifact
+    repository puts them. None for anything else (MLflow's own client handles it)."""
+    path = sqlite_path(uri)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                                                timeout=2)) as con:
+            row = con.execute(
+                "SELECT r.run_uuid, r.artifact_uri FROM runs r "
+                "JOIN experiments e ON e.experiment_id = r.experiment_id "
+                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'kind' AND t.value = 'launch' "
+                "WHERE e.name = ? AND r.lifecycle_stage = 'active' "
+                "ORDER BY r.start_time DESC LIMIT 1", (sweep,)).fetchone()
+    except sqlite3.Error:
+        return None
+    if row is None or not row[1]:
+        return None
+    location = urllib.parse.urlparse(row[1])
+    if location.scheme == "file" and location.netloc in ("", "localhost"):
+        return row[0], Path(urllib.request.url2pathname(location.path))
+    if location.scheme == "" and Path(row[1]).is_absolute():
+        return row[0], Path(row[1])
+    return None
+
+
+def _copy_figures(paths: list[Path], folder: Path):
+    """Each figure's files (PNG, SVG) into `folder`, each written whole (temp + rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        for sibling in sorted(Path(path).parent.glob(Path(path).stem + ".*")):
+            tmp = folder / f".{sibling.name}.{os.getpid()}.tmp"
+            shutil.copyfile(sibling, tmp)
+            os.replace(tmp, folder / sibling.name)

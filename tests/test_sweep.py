@@ -121,6 +121,8 @@ def test_status_and_plot(tiny_sweep, capsys):
     launches = [r for r in client.search_runs([tiny_sweep.after_first.runs[0].info.experiment_id],
                                               "tags.kind = 'launch'",
                                               order_by=["attributes.start_time DESC"])]
+    # the latest launch run, found straight from SQLite, is the one MLflow finds
+    assert f"logged to MLflow run {launches[0].info.run_id}" in capsys.readouterr().out
     logged = [a.path for a in client.list_artifacts(launches[0].info.run_id, "figures")]
     drawn = figures.make(tiny_sweep.sweep_dir, out)
     assert drawn[0].name == "error_vs_width.png"
