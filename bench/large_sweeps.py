@@ -126,15 +126,25 @@ def record_next_to(rows: int) -> tuple[float, float]:
     return statistics.median(part), statistics.median(rewrite)
 
 
+_STORE = "import tempfile, pathlib; d = pathlib.Path(tempfile.mkdtemp()); "
+_TRACKER = "t.Tracker(f'sqlite:///{d}/mlflow.db', 'x', d)"
 FIXED = {  # each step of a launch's fixed cost, timed in a fresh process
     "import the CLI and spec code": "import sweeps.cli, sweeps.spec",
+    "load + check a spec (imports torch)": "import sweeps.spec as s; "
+                                           "s.load('sweeps/quickstart.yaml')",
     "import the launcher (Ray Tune)": "import sweeps.launcher",
-    "import MLflow (tracking)": "import sweeps.tracking",
+    "import MLflow (tracking)": "import sweeps.tracking, mlflow.tracking",
     "the launcher + start, stop local Ray": "import sweeps.launcher as l; "
                                             "l.connect(None, {'cpu': 1, 'gpu': 0}); l.disconnect()",
-    "MLflow + create a new SQLite store": "import sweeps.tracking as t, tempfile, pathlib; "
-                                          "d = tempfile.mkdtemp(); t.Tracker("
-                                          "f'sqlite:///{d}/mlflow.db', 'x', pathlib.Path(d))",
+    "MLflow + migrate a new SQLite store": "from mlflow.tracking import MlflowClient; " + _STORE
+                                           + "MlflowClient(f'sqlite:///{d}/mlflow.db')",
+    "MLflow + copy of the cached empty store": "import sweeps.tracking as t; " + _STORE + _TRACKER,
+    "both at once, as `sam-lab sweep` does": "import functools, sweeps.launcher as l, "
+                                             "sweeps.tracking as t; " + _STORE
+                                             + "b = t.Background(functools.partial("
+                                             + _TRACKER.replace("(", ", ", 1)
+                                             + "); l.connect(None, {'cpu': 1, 'gpu': 0}); "
+                                             "b.ready(); b.close(); l.disconnect()",
     "import the figures code (plot)": "import analysis.figures",
 }
 
@@ -151,7 +161,7 @@ def fixed_costs(report: Report, repeats: int = 3):
     empty = statistics.median(wall("pass") for _ in range(repeats))
     for what, code in FIXED.items():
         seconds = statistics.median(wall(code) for _ in range(repeats)) - empty
-        report.say(f"  {what:36} {seconds:5.1f} s")
+        report.say(f"  {what:40} {seconds:5.1f} s")
 
 
 def empty_store_bytes() -> int:

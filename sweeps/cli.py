@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import functools
 import os
 import shlex
 import signal
@@ -306,11 +307,15 @@ def sweep(args, argv) -> int:
     from sweeps.results import compact
     from sweeps.sync import catch_up
 
-    where = launcher.connect(args.address, spec.resources)
-    sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
-    background = lock = summary = results = None
+    version = code_version()
+    # MLflow's import and the store's set-up run on the tracking thread while Ray starts
+    background = tracking.Background(functools.partial(
+        tracking.Tracker, uri, spec.name, sweep_dir, _artifacts(root, spec.name, uri), version))
+    lock = summary = results = sigterm = None
     status = "KILLED"
     try:
+        where = launcher.connect(args.address, spec.resources)
+        sigterm = signal.signal(signal.SIGTERM, _sigterm_as_sigint)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         lock = _lock(sweep_dir)
         compact(sweep_dir)
@@ -321,10 +326,7 @@ def sweep(args, argv) -> int:
         if not todo:
             print(f"{counts}: nothing to do")
             return 0
-        version = code_version()
-        tracker = tracking.Tracker(uri, spec.name, sweep_dir, _artifacts(root, spec.name, uri),
-                                   version)
-        background = tracking.Background(tracker)
+        tracker = background.ready()  # a store MLflow cannot open stops the sweep here
         # MLflow catches up first (FIFO), then this launch's runs: all off the trials' path
         background.submit(catch_up, None, tracker, sweep_dir, spec.experiment)
         background.submit("open_launch", None, spec.resolved(), len(todo),
@@ -357,13 +359,13 @@ def sweep(args, argv) -> int:
     finally:
         if results is not None:
             results.close()  # the queued trials, then one compacted trials.parquet
-        if background is not None:
-            background.submit("close_launch", None, status)
-            background.close()
+        background.submit("close_launch", None, status)
+        background.close()
         launcher.disconnect()  # last: Ray objects Tune left behind must go while Ray is up
         if lock is not None:
             lock.close()
-        signal.signal(signal.SIGTERM, sigterm)
+        if sigterm is not None:
+            signal.signal(signal.SIGTERM, sigterm)
     if status != "FINISHED":
         command = shlex.join(["sam-lab", *argv])
         print(f"interrupted: finished trials are saved in {sweep_dir}; resume with: {command}",
@@ -558,10 +560,11 @@ def measure_command(args, argv) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Every refusal is one line on stderr: 2 for input, 3 for the environment (a full or
     read-only disk, a locked store, a corrupt results file), never a traceback."""
-    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv is None:  # the `sam-lab` script
+        _exit_now(main(sys.argv[1:]))
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args, argv)
+        return args.func(args, list(argv))
     except InputError as e:
         print(f"sam-lab: error: {_one_line(e)}", file=sys.stderr)
         return 2
@@ -571,6 +574,25 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug: the traceback is the report
         print(f"sam-lab: error: {line}", file=sys.stderr)
         return ENV_EXIT
+
+
+def _exit_now(code: int):
+    """End a finished command without the interpreter's teardown of the modules it loaded
+    (Ray, torch, MLflow: slow, and nothing a finished command needs). Exit handlers still run
+    and the output is flushed; a thread still at work gets the ordinary exit, which waits."""
+    import atexit
+    import threading
+
+    if any(t.is_alive() and not t.daemon and t is not threading.main_thread()
+           for t in threading.enumerate()):
+        sys.exit(code)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (`sam-lab status | head`)
+            pass
+    os._exit(code)
 
 
 def _environment_fault(e: Exception) -> str | None:

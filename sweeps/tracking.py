@@ -17,25 +17,33 @@ so does `sam-lab sync RESULTS/NAME` (e.g. for results copied off a cluster).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import queue
+import shutil
+import sqlite3
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+from sweeps.preflight import sqlite_path
+from sweeps.spec import InputError
+
+if TYPE_CHECKING:  # MLflow is imported where it is used: `sam-lab sweep` loads it on a thread
+    from mlflow.tracking import MlflowClient
 
 # MLflow's REST client retries a dead server for minutes by default; Background retries itself.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "20")
-
-from mlflow.entities import Metric, Param, RunTag, ViewType  # noqa: E402
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from sweeps.spec import InputError  # noqa: E402
 
 TAG_LIMIT = 4000  # MLflow caps tag values; errors and tracebacks are cut to this
 CURVE_POINTS = 200  # per metric, sent to MLflow
@@ -72,6 +80,58 @@ def check_reachable(uri: str, timeout: float = 5.0):
         raise TrackingError(f"--tracking-uri {uri}: tracking server unreachable ({reason}); "
                             "start it (mlflow server) or drop the flag for the local "
                             "SQLite store") from None
+
+
+def empty_store() -> Path | None:
+    """An empty SQLite store of this MLflow version, made once under the user's cache folder
+    (XDG_CACHE_HOME): a new store is a copy of it, not a run of MLflow's schema migrations.
+    Its Default experiment is removed, so MLflow makes it in each copy as in a new store.
+    None where no cache can be kept."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "sam-lab"
+    path = cache / f"mlflow-{mlflow.__version__}-empty.db"
+    if path.exists():
+        return path
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=cache) as tmp:
+            db = Path(tmp) / "mlflow.db"
+            MlflowClient(tracking_uri=f"sqlite:///{db}")  # migrates the new file
+            with contextlib.closing(sqlite3.connect(db)) as con, con:
+                con.execute("DELETE FROM experiments WHERE experiment_id = 0")
+            _fsync(db)
+            os.replace(db, path)
+    except Exception:  # noqa: BLE001 - only a shortcut: MLflow makes the store itself
+        return None
+    return path
+
+
+def seed_store(db: Path):
+    """Start a new SQLite store at `db` as a copy of `empty_store()`. The copy is linked in, so
+    it never replaces a store another process made meanwhile; on any failure MLflow makes it."""
+    empty = empty_store()
+    if empty is None:
+        return
+    tmp = db.with_name(f".{db.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        db.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(empty, tmp)
+        _fsync(tmp)
+        os.link(tmp, db)
+    except OSError:
+        pass
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _now_ms() -> int:
@@ -144,6 +204,8 @@ def _experiment_id(client: MlflowClient, name: str, artifact_location: str | Non
 
 
 def _runs(client: MlflowClient, experiment_id: str, filter_string: str):
+    from mlflow.entities import ViewType
+
     token = None
     while True:
         page = client.search_runs([experiment_id], filter_string, ViewType.ACTIVE_ONLY,
@@ -162,6 +224,11 @@ class Tracker:
 
     def __init__(self, uri: str, sweep: str, sweep_dir: Path, artifact_location: str | None = None,
                  code_version: str = ""):
+        from mlflow.tracking import MlflowClient
+
+        path = sqlite_path(uri)
+        if path is not None and not path.exists():
+            seed_store(path)
         self.client = MlflowClient(tracking_uri=uri)
         self.sweep, self.sweep_dir = sweep, str(Path(sweep_dir).resolve())
         self.code_version = code_version
@@ -211,6 +278,8 @@ class Tracker:
         params = {"experiment": resolved["experiment"], "trials": len(resolved["trial_ids"]),
                   "run": n_run, "skipped": n_skipped, "seeds": resolved["seeds"],
                   "grid_keys": ",".join(resolved["grid"])}
+        from mlflow.entities import Param
+
         self.client.log_batch(self.parent, params=[Param(k, str(v)[:6000])
                                                    for k, v in params.items()])
         # the spec without its trial ids: those are in RESULTS/NAME/spec.yaml
@@ -224,6 +293,8 @@ class Tracker:
             tags={"mlflow.parentRunId": self.parent, "kind": "trial", "sweep": self.sweep,
                   "sweep_dir": self.sweep_dir, "trial_id": trial_id, "status": "running",
                   "code_version": code_version or self.code_version})
+        from mlflow.entities import Param
+
         params = [Param(k, str(v)) for k, v in config.items()]
         self.client.log_batch(run.info.run_id, params=params)  # chunked by MLflow itself
         self.open[trial_id] = run.info.run_id
@@ -233,6 +304,8 @@ class Tracker:
         """A trial's curve (downsampled), final row (status, error, wall_s, node) and summary;
         the run stays RUNNING until `end_trial`, which comes after the row is in Parquet (see
         `close_stale`)."""
+        from mlflow.entities import Metric, RunTag
+
         if trial_id not in self.open:  # its run could not be created: `sync` makes it
             return
         ts, step = _now_ms(), row.get("step") or 0
@@ -252,6 +325,8 @@ class Tracker:
             self.client.set_terminated(self.open.pop(trial_id), END[status])
 
     def kill_trial(self, trial_id: str, reason: str):
+        from mlflow.entities import RunTag
+
         run_id = self.open.pop(trial_id, None)
         if run_id is not None:
             self.client.log_batch(run_id, tags=[RunTag("status", "killed"),
@@ -289,14 +364,28 @@ class Background:
 
     RETRIES, BACKOFF_S, DOWN_S, QUEUE = 3, (1.0, 3.0), 30.0, 10_000
 
-    def __init__(self, tracker: Tracker, say=print):
-        self.tracker, self.say = tracker, say
+    def __init__(self, tracker: Tracker | Callable[[], Tracker], say=print):
+        """tracker: a Tracker, or a function that makes one, called first on the thread: MLflow's
+        import and a new store's set-up then overlap the caller's work (Ray's start). `ready()`
+        waits for it; calls submitted before are queued."""
+        self.make = tracker if not isinstance(tracker, Tracker) else None
+        self.tracker = tracker if self.make is None else None
+        self.error: Exception | None = None  # why the tracker could not be made
+        self.made = threading.Event()
+        self.say = say
         self.queue: queue.Queue = queue.Queue(self.QUEUE)
         self.given_up: set[str | None] = set()
         self.down_until = 0.0
         self.failures = 0
         self.thread = threading.Thread(target=self._loop, name="sam-lab-mlflow", daemon=True)
         self.thread.start()
+
+    def ready(self) -> Tracker:
+        """The tracker, once made; the error that stopped its making is raised here."""
+        self.made.wait()
+        if self.error is not None:
+            raise self.error
+        return self.tracker
 
     def submit(self, method, trial_id: str | None, *args):
         """method: a Tracker method's name, or any callable (called with args)."""
@@ -324,8 +413,16 @@ class Background:
             self.given_up.add(trial_id)
 
     def _loop(self):
+        if self.make is not None:
+            try:
+                self.tracker = self.make()
+            except Exception as e:  # noqa: BLE001 - `ready()` raises it on the caller's thread
+                self.error = e
+        self.made.set()
         while (item := self.queue.get()) is not None:
             method, trial_id, args = item
+            if self.error is not None:  # no store: `ready()` has stopped the sweep
+                continue
             if trial_id in self.given_up and method != "kill_trial":
                 continue
             if time.monotonic() < self.down_until:
@@ -383,6 +480,17 @@ def log_figures(uri: str, sweep: str, paths: list[Path]) -> str | None:
     """Attach figures to the sweep's latest launch run; returns its run id (None if no launch).
     A store whose artifacts live on a server that is not running (`mlflow-artifacts:/` in a
     copied mlflow.db) takes no figures: the figures stay on disk and the user is told."""
+    if (local := _local_launch(uri, sweep)) is not None:
+        run_id, folder = local
+        try:
+            _copy_figures(paths, folder / "figures")
+        except OSError as e:
+            print(f"figures not logged to MLflow (artifact store {folder}: {e})",
+                  file=sys.stderr)
+            return None
+        return run_id
+    from mlflow.tracking import MlflowClient
+
     client = MlflowClient(tracking_uri=uri)
     exp = client.get_experiment_by_name(sweep)
     if exp is None:
@@ -400,3 +508,42 @@ def log_figures(uri: str, sweep: str, paths: list[Path]) -> str | None:
               f"{type(e).__name__}: {str(e).splitlines()[0][:200]})", file=sys.stderr)
         return None
     return runs[0].info.run_id
+
+
+def _local_launch(uri: str, sweep: str) -> tuple[str, Path] | None:
+    """(run id, artifact folder) of the sweep's latest launch run when both the store and the
+    run's artifacts are local files, read straight from SQLite: `sam-lab plot` then neither
+    imports MLflow nor opens its store, and copies the figures where MLflow's local artifact
+    repository puts them. None for anything else (MLflow's own client handles it)."""
+    path = sqlite_path(uri)
+    if path is None or not path.is_file():
+        return None
+    try:
+        with contextlib.closing(sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True,
+                                                timeout=2)) as con:
+            row = con.execute(
+                "SELECT r.run_uuid, r.artifact_uri FROM runs r "
+                "JOIN experiments e ON e.experiment_id = r.experiment_id "
+                "JOIN tags t ON t.run_uuid = r.run_uuid AND t.key = 'kind' AND t.value = 'launch' "
+                "WHERE e.name = ? AND r.lifecycle_stage = 'active' "
+                "ORDER BY r.start_time DESC LIMIT 1", (sweep,)).fetchone()
+    except sqlite3.Error:
+        return None
+    if row is None or not row[1]:
+        return None
+    location = urllib.parse.urlparse(row[1])
+    if location.scheme == "file" and location.netloc in ("", "localhost"):
+        return row[0], Path(urllib.request.url2pathname(location.path))
+    if location.scheme == "" and Path(row[1]).is_absolute():
+        return row[0], Path(row[1])
+    return None
+
+
+def _copy_figures(paths: list[Path], folder: Path):
+    """Each figure's files (PNG, SVG) into `folder`, each written whole (temp + rename)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for path in paths:
+        for sibling in sorted(Path(path).parent.glob(Path(path).stem + ".*")):
+            tmp = folder / f".{sibling.name}.{os.getpid()}.tmp"
+            shutil.copyfile(sibling, tmp)
+            os.replace(tmp, folder / sibling.name)

@@ -121,8 +121,62 @@ def test_status_and_plot(tiny_sweep, capsys):
     launches = [r for r in client.search_runs([tiny_sweep.after_first.runs[0].info.experiment_id],
                                               "tags.kind = 'launch'",
                                               order_by=["attributes.start_time DESC"])]
+    # the latest launch run, found straight from SQLite, is the one MLflow finds
+    assert f"logged to MLflow run {launches[0].info.run_id}" in capsys.readouterr().out
     logged = [a.path for a in client.list_artifacts(launches[0].info.run_id, "figures")]
     drawn = figures.make(tiny_sweep.sweep_dir, out)
     assert drawn[0].name == "error_vs_width.png"
     assert sorted(logged) == sorted(f"figures/{p.stem}{ext}" for p in drawn
                                     for ext in (".png", ".svg"))  # each figure, PNG and SVG
+
+
+def _tables(db) -> tuple[list, list]:
+    import sqlite3
+
+    with sqlite3.connect(db) as con:
+        return (sorted(r[0] for r in con.execute("SELECT name FROM sqlite_master "
+                                                  "WHERE type = 'table'")),
+                con.execute("SELECT * FROM alembic_version").fetchall())
+
+
+def test_a_new_store_is_a_copy_of_the_cached_empty_one_and_never_replaces_a_store(
+        tmp_path, monkeypatch):
+    from mlflow.entities import ViewType
+    from mlflow.tracking import MlflowClient
+
+    from sweeps import tracking
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    migrated = MlflowClient(f"sqlite:///{tmp_path / 'm' / 'mlflow.db'}")  # MLflow's own way
+    copied = tracking.Tracker(f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}", "b", tmp_path / "b")
+    empty = tracking.empty_store()  # made by the new store above
+    assert empty is not None and empty.parent == tmp_path / "cache" / "sam-lab"
+    assert _tables(tmp_path / "b" / "mlflow.db") == _tables(tmp_path / "m" / "mlflow.db")
+    # the copy's Default experiment is made by MLflow for it, as in a migrated store
+    assert copied.client.get_experiment("0").artifact_location == \
+        migrated.get_experiment("0").artifact_location
+    assert sorted(e.name for e in copied.client.search_experiments(ViewType.ALL)) == \
+        ["Default", "b"]
+    tracking.seed_store(tmp_path / "b" / "mlflow.db")  # an existing store is left as it is
+    assert copied.client.get_experiment_by_name("b") is not None
+
+
+def test_a_store_mlflow_cannot_open_is_raised_on_the_callers_thread(tmp_path):
+    import functools
+    import sqlite3
+
+    from sweeps import tracking
+
+    db = tmp_path / "mlflow.db"  # a store of an MLflow version this one does not know
+    with sqlite3.connect(db) as con:
+        con.execute("CREATE TABLE alembic_version (version_num VARCHAR(32))")
+        con.execute("INSERT INTO alembic_version VALUES ('ffffffffffff')")
+    make = functools.partial(tracking.Tracker, f"sqlite:///{db}", "s", tmp_path / "s")
+    with pytest.raises(Exception) as direct:
+        make()
+    background = tracking.Background(make, say=lambda line: None)
+    background.submit("open_launch", None, {}, 1, 0)  # queued before the store failed: skipped
+    with pytest.raises(type(direct.value), match="ffffffffffff"):
+        background.ready()
+    background.close()
+    assert not background.thread.is_alive()
