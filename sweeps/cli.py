@@ -299,6 +299,7 @@ def sweep(args, argv) -> int:
     uri = args.tracking_uri or tracking.default_uri(root)
     tracking.check_reachable(uri)
     check_address(args.address)
+    preflight.units_per_fit()
     if args.address is None:
         loopback_ray()
     from sweeps import launcher  # imports Ray: only once the input is known to be good

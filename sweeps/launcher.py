@@ -55,6 +55,7 @@ from ray.tune.search import Searcher  # noqa: E402
 
 from sam_lab import trials as families  # noqa: E402
 from sweeps import weights  # noqa: E402
+from sweeps.preflight import units_per_fit  # noqa: E402
 from sweeps.spec import MIN_GPU_SHARE, InputError, gpu_share  # noqa: E402
 
 # Our progress lines replace Tune's: its restore hints, interrupt warnings and tracebacks of lost
@@ -80,7 +81,6 @@ AUTH_HINT = ("if the cluster uses token auth, set RAY_AUTH_MODE=token and its to
 
 def connect(address: str | None, resources: dict) -> str:
     """Start or join Ray; returns a description of the cluster for the user."""
-    units_per_fit()  # a bad value is refused before Ray starts
     if address is None:
         # "local": a new Ray of our own, never one found through RAY_ADDRESS or a `ray start` on
         # this machine (joining is --address). Ray sizes itself to the CPUs this process may use
@@ -635,17 +635,6 @@ def _member(trial, results, extends: dict) -> dict:
     return member
 
 
-def units_per_fit() -> int:
-    """Units per Tune run. Tune keeps every trial it made, and a JSON state of each, for the
-    whole run (~75 KB of driver memory per finished trial), so a sweep beyond this many units
-    runs as several Tune runs in a row: the driver stays bounded, at the cost of one drain of
-    the cluster between runs. SAM_LAB_UNITS_PER_FIT overrides it."""
-    value = os.environ.get("SAM_LAB_UNITS_PER_FIT", "10000")
-    if not value.isdigit() or int(value) < 1:
-        raise LaunchError(f"SAM_LAB_UNITS_PER_FIT: got {value!r}; allowed: an int >= 1")
-    return int(value)
-
-
 def _tuner(spec, units, name, storage, recorder, max_concurrent) -> tune.Tuner:
     return tune.Tuner(
         trainable(spec.resources["cpu"]),
@@ -683,7 +672,7 @@ def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None,
     own_storage = storage is None
     storage = storage or tempfile.mkdtemp(prefix="sam-lab-tune-")
     sigint = signal.getsignal(signal.SIGINT)
-    per_fit = units_per_fit()
+    per_fit = units_per_fit()  # checked by the CLI before Ray started
     try:
         for first in range(0, len(units), per_fit):
             chunk = units[first:first + per_fit]

@@ -35,6 +35,7 @@ def files(root):
 out = {}
 for case in json.load(sys.stdin):
     os.chdir(case["cwd"])
+    os.environ.update(case["env"])
     before, err = files("."), io.StringIO()
     with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
         try:
@@ -43,6 +44,8 @@ for case in json.load(sys.stdin):
             code = e.code
         except BaseException as e:
             code = f"crash: {type(e).__name__}: {e}"
+    for name in case["env"]:
+        del os.environ[name]
     out[case["id"]] = {"code": code, "stderr": err.getvalue(), "written": files(".") != before,
                        "ray": "ray" in sys.modules}
 print(json.dumps(out))
@@ -140,14 +143,16 @@ CASES = {
         ["resources.gpu: auto needs an estimate of a trial's memory", "allowed: a number"]),
     "gpu_memory_gb without gpu auto": (tiny(resources={"gpu": 1, "gpu_memory_gb": 80}), [],
                                        ["resources.gpu_memory_gb: only used with gpu: auto"]),
+    "SAM_LAB_UNITS_PER_FIT 0": (TINY, [], ["SAM_LAB_UNITS_PER_FIT: got '0'; allowed: an int >= 1"]),
     # other commands: (spec, flags, fragments, argv)
     "sync of a folder with no sweep": (None, [], ["nowhere: no sweep here (no spec.yaml)"],
                                        ["sync", "nowhere"]),
     "status of a folder with no sweep": (None, [], ["nowhere: no sweep here (no spec.yaml)"],
                                          ["status", "nowhere"]),
 }
+ENV = {"SAM_LAB_UNITS_PER_FIT 0": {"SAM_LAB_UNITS_PER_FIT": "0"}}  # case: environment set for it
 # Flag errors that are not about the spec's content need not name the spec file.
-FLAG_ONLY = {"unreachable --address", "malformed --address", "ray:// --address",
+FLAG_ONLY = {"SAM_LAB_UNITS_PER_FIT 0", "unreachable --address", "malformed --address", "ray:// --address",
              "tracking server down", "--max-concurrent 0", "--max-concurrent not an int",
              "--results is a file", "unknown flag", "sync of a folder with no sweep",
              "status of a folder with no sweep"}
@@ -162,7 +167,7 @@ def outcomes(tmp_path_factory):
             text = spec if isinstance(spec, str) else yaml.safe_dump(spec, sort_keys=False)
             (cwd / "bad.yaml").write_text(text)
         argv = argv[0] if argv else ["sweep", "bad.yaml", *flags]
-        cases.append({"id": case, "cwd": str(cwd), "argv": argv})
+        cases.append({"id": case, "cwd": str(cwd), "argv": argv, "env": ENV.get(case, {})})
     done = subprocess.run([sys.executable, "-c", HARNESS], input=json.dumps(cases),
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
