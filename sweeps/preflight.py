@@ -172,9 +172,8 @@ def describe_os_error(e: OSError) -> str | None:
 
 def units_per_fit() -> int:
     """Units per Tune run. Tune keeps every trial it made, and a JSON state of each, for the
-    whole run (~75 KB of driver memory per finished trial), so a sweep beyond this many units
-    runs as several Tune runs in a row: the driver stays bounded, at the cost of one drain of
-    the cluster between runs. SAM_LAB_UNITS_PER_FIT overrides it."""
+    whole run, so a sweep beyond this many units runs as several Tune runs in a row, at the cost
+    of one drain of the cluster between runs. SAM_LAB_UNITS_PER_FIT overrides it."""
     value = os.environ.get("SAM_LAB_UNITS_PER_FIT", "10000")
     if not value.isdigit() or int(value) < 1:
         raise InputError(f"SAM_LAB_UNITS_PER_FIT: got {value!r}; allowed: an int >= 1")
