@@ -669,6 +669,10 @@ def run(spec, todo, results, tracker, *, max_concurrent=None, storage=None,
 
     # Tune starts as many trials as are queued for resources; a Searcher gets 1 unless told.
     os.environ.setdefault("TUNE_MAX_PENDING_TRIALS_PG", str(max(2 * _slots(spec), 16)))
+    # Tune's default CSV, JSON and TensorBoard loggers write per-trial files into its storage
+    # that nothing reads (trials.parquet is the record), and keep state for every trial until
+    # the run ends: driver memory that grows with the sweep (ray-project/ray#64231)
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     own_storage = storage is None
     storage = storage or tempfile.mkdtemp(prefix="sam-lab-tune-")
     sigint = signal.getsignal(signal.SIGINT)

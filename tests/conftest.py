@@ -121,17 +121,29 @@ class RayNodes:
     def start(self, name: str, cpus: int = 1, gpus: int = 0):
         """Start node `name`: the head if it is the first one. Ray takes `gpus` on trust: a
         node without any still offers them to the scheduler (enough to test GPU shares)."""
-        # Short path: Ray's unix sockets live under it (108-byte limit).
-        self.dirs[name] = tempfile.mkdtemp(prefix="sl-ray-", dir="/tmp")
-        ray = Path(sys.executable).with_name("ray")
-        args = [str(ray), "start", "--num-cpus", str(cpus), "--num-gpus", str(gpus),
-                "--temp-dir", self.dirs[name], "--disable-usage-stats"]
-        if len(self.dirs) == 1:
-            args += ["--head", "--port", str(self.port), "--include-dashboard", "false",
-                     "--dashboard-port", str(free_port())]
-        else:
-            args += ["--address", self.address]
-        done = subprocess.run(args, env=self.env, capture_output=True, text=True, timeout=300)
+        head = not self.dirs
+        for attempt in (1, 2):  # once more on a shared machine: a port taken meanwhile, say
+            # Short path: Ray's unix sockets live under it (108-byte limit).
+            self.dirs[name] = tempfile.mkdtemp(prefix="sl-ray-", dir="/tmp")
+            ray = Path(sys.executable).with_name("ray")
+            args = [str(ray), "start", "--num-cpus", str(cpus), "--num-gpus", str(gpus),
+                    "--temp-dir", self.dirs[name], "--disable-usage-stats"]
+            if head:
+                args += ["--head", "--port", str(self.port), "--include-dashboard", "false",
+                         "--dashboard-port", str(free_port())]
+            else:
+                args += ["--address", self.address]
+            done = subprocess.run(args, env=self.env, capture_output=True, text=True,
+                                  timeout=300)
+            if done.returncode == 0 or attempt == 2:
+                break
+            if head:  # nothing joined yet: start over on fresh ports
+                self.stop()
+                self.dirs.clear()
+                self.port = free_port()
+                self.address = f"127.0.0.1:{self.port}"
+            else:
+                shutil.rmtree(self.dirs.pop(name), ignore_errors=True)
         assert done.returncode == 0, f"ray start {name} failed:\n{done.stdout}{done.stderr}"
         return self.node_id(name)
 
